@@ -1,0 +1,3 @@
+from her2scope.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""her2scope.data stage."""

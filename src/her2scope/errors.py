@@ -1,0 +1,54 @@
+"""The project's exception types.
+
+Every error a user can cause (a bad slide, a bad manifest row, a bad config value) is raised as a
+:class:`Her2ScopeError` subclass whose message names the file, row or value and says what to do.
+The CLI prints these without a traceback; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Her2ScopeError(Exception):
+    """Base class of all errors her2scope raises on purpose."""
+
+
+class SlideError(Her2ScopeError):
+    """A slide could not be opened or read. Carries the path and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"slide '{self.path}': {reason}")
+
+
+class RoiError(Her2ScopeError):
+    """An ROI file could not be parsed."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"ROI file '{self.path}': {reason}")
+
+
+class ManifestError(Her2ScopeError):
+    """A manifest has problems; ``problems`` lists every one found (not just the first)."""
+
+    def __init__(self, path: str | Path, problems: list[str]) -> None:
+        self.path = str(path)
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"manifest '{self.path}' has {len(self.problems)} problem(s):\n{lines}")
+
+
+class ConfigError(Her2ScopeError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class LeakageError(Her2ScopeError):
+    """A patient appears in more than one split."""
+
+
+class WeightsError(Her2ScopeError):
+    """Pretrained weights were asked for but cannot be found or loaded."""

@@ -1,0 +1,478 @@
+"""Open whole-slide images and plain images behind one small, typed interface.
+
+Coordinates are level-0 pixels with the origin at the top-left; sizes are ``(width, height)``.
+Pixels come back as ``H×W×3`` RGB ``uint8`` numpy arrays; transparent areas (outside the scanned
+region of an MRXS, say) are composited over white, never black.
+
+Backends, tried in this order by ``reader="auto"``:
+
+- ``openslide``: SVS, NDPI, MRXS, SCN, generic tiled TIFF, DICOM-WSI (from the ``openslide-bin`` wheel);
+- ``tiffslide``: TIFFs OpenSlide refuses (plain or tiled RGB TIFFs);
+- ``image``: PNG/JPEG/TIFF patches and ROI crops, opened as a one-level slide.
+
+µm/px comes from the file; where the file has none (or only a placeholder such as 72 dpi), from the
+``mpp`` argument (the manifest's ``mpp`` column or ``--mpp``); otherwise :class:`SlideError` tells
+the user how to supply it. A value is never assumed.
+
+Every failure a user can cause (not a slide, truncated, unknown format, not brightfield RGB) is a
+:class:`~her2scope.errors.SlideError` carrying the path and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from her2scope.errors import SlideError
+
+ReaderName = Literal["auto", "openslide", "tiffslide", "image"]
+
+#: µm/px values outside this range are treated as placeholders (72/96 dpi defaults) and ignored.
+PLAUSIBLE_MPP = (0.02, 50.0)
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+_TIFF_SUFFIXES = {".tif", ".tiff", ".svs", ".qptiff", ".btf", ".ome.tif", ".ome.tiff"}
+
+
+class _Backend(Protocol):
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+
+    def read_rgba(
+        self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SlideInfo:
+    """What is known about a slide without reading pixels."""
+
+    path: str
+    backend: str
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    mpp_x: float
+    mpp_y: float
+    mpp_source: Literal["file", "given"]
+    objective_power: float | None
+    vendor: str | None
+
+
+class Slide:
+    """An open slide. Use as a context manager, or call :meth:`close`.
+
+    Not safe to share across processes: open one per worker (``open_slide`` is cheap).
+    """
+
+    def __init__(self, backend: _Backend, info: SlideInfo) -> None:
+        self._backend = backend
+        self.info = info
+
+    # --- geometry -------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self.info.path
+
+    @property
+    def level_count(self) -> int:
+        return len(self.info.level_dimensions)
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self.info.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self.info.level_downsamples
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 ``(width, height)`` in pixels."""
+        return self.info.level_dimensions[0]
+
+    @property
+    def mpp(self) -> tuple[float, float]:
+        """Level-0 µm/px as ``(x, y)``."""
+        return (self.info.mpp_x, self.info.mpp_y)
+
+    @property
+    def objective_power(self) -> float | None:
+        return self.info.objective_power
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The deepest level whose downsample does not exceed ``downsample`` (never upsamples)."""
+        best = 0
+        for i, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + 1e-6):
+                best = i
+        return best
+
+    # --- pixels ---------------------------------------------------------------------------
+    def read_region(
+        self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read ``size = (w, h)`` pixels of ``level`` whose top-left is ``level0_xy`` (level-0 px).
+
+        Returns ``h×w×3`` uint8 RGB; transparent or out-of-slide pixels are white.
+        """
+        if not 0 <= level < self.level_count:
+            raise SlideError(
+                self.path, f"level {level} does not exist (slide has {self.level_count})"
+            )
+        w, h = int(size[0]), int(size[1])
+        if w <= 0 or h <= 0:
+            raise ValueError(f"region size must be positive, got {size}")
+        try:
+            rgba = self._backend.read_rgba((int(level0_xy[0]), int(level0_xy[1])), level, (w, h))
+        except SlideError:
+            raise
+        except Exception as exc:  # a decode error deep inside a library
+            raise SlideError(
+                self.path,
+                f"cannot read region at {level0_xy} level {level}: {type(exc).__name__}: {exc}",
+            ) from exc
+        return composite_over_white(rgba)
+
+    def read_tile(
+        self, level0_xy: tuple[int, int], level: int, read_px: int, out_px: int
+    ) -> np.ndarray:
+        """Read a square of ``read_px`` pixels at ``level`` and resize it to ``out_px`` (area filter)."""
+        tile = self.read_region(level0_xy, level, (read_px, read_px))
+        if read_px != out_px:
+            import cv2
+
+            interp = cv2.INTER_AREA if read_px > out_px else cv2.INTER_LINEAR
+            tile = cv2.resize(tile, (out_px, out_px), interpolation=interp)
+        return tile
+
+    def thumbnail(self, max_px: int = 1024) -> np.ndarray:
+        """The whole slide, downsampled so its longer side is at most ``max_px``; RGB uint8.
+
+        Reads from the smallest pyramid level that is still at least that large.
+        """
+        w0, h0 = self.dimensions
+        scale = max(w0, h0) / max_px
+        if scale <= 1:
+            return self.read_region((0, 0), 0, (w0, h0))
+        level = self.best_level_for_downsample(scale)
+        lw, lh = self.level_dimensions[level]
+        img = self.read_region((0, 0), level, (lw, lh))
+        import cv2
+
+        out_w = max(1, round(w0 / scale))
+        out_h = max(1, round(h0 / scale))
+        return cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._backend.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return (
+            f"Slide('{self.path}', {w}×{h}, levels={self.level_count}, "
+            f"mpp=({self.info.mpp_x:.4g}, {self.info.mpp_y:.4g}), backend={self.info.backend})"
+        )
+
+
+def composite_over_white(rgba: np.ndarray) -> np.ndarray:
+    """RGBA (straight alpha) → RGB over a white background; RGB passes through."""
+    if rgba.ndim != 3:
+        raise ValueError(f"expected an H×W×C array, got shape {rgba.shape}")
+    if rgba.shape[2] == 3:
+        return np.ascontiguousarray(rgba, dtype=np.uint8)
+    rgb = rgba[..., :3]
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgb)
+    a = alpha.astype(np.uint16)[..., None]
+    out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+    return out.astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------
+
+
+class _OpenSlideBackend:
+    def __init__(self, path: Path) -> None:
+        import openslide
+
+        self._slide = openslide.OpenSlide(str(path))
+        self.level_dimensions = tuple(
+            tuple(int(v) for v in d) for d in self._slide.level_dimensions
+        )
+        self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
+        props = self._slide.properties
+        self.mpp = (_float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y")))
+        self.objective_power = _float(props.get("openslide.objective-power"))
+        self.vendor = props.get("openslide.vendor")
+
+    def read_rgba(
+        self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        return np.asarray(self._slide.read_region(level0_xy, level, size))
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class _TiffSlideBackend:
+    def __init__(self, path: Path) -> None:
+        _check_tiff_is_rgb(path)
+        import tiffslide
+
+        self._slide = tiffslide.TiffSlide(str(path))
+        self.level_dimensions = tuple(
+            tuple(int(v) for v in d) for d in self._slide.level_dimensions
+        )
+        self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
+        props = self._slide.properties
+        self.mpp = (_float(props.get("tiffslide.mpp-x")), _float(props.get("tiffslide.mpp-y")))
+        self.objective_power = _float(props.get("tiffslide.objective-power"))
+        self.vendor = props.get("tiffslide.vendor")
+
+    def read_rgba(
+        self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        arr = self._slide.read_region(level0_xy, level, size, as_array=True)
+        arr = np.asarray(arr)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        return arr
+
+    def close(self) -> None:
+        self._slide.close()
+
+
+class _ImageBackend:
+    """A plain image (PNG/JPEG/TIFF patch) as a one-level slide. Decompression limits stay on."""
+
+    def __init__(self, path: Path) -> None:
+        suffix = path.suffix.lower()
+        if suffix in {".tif", ".tiff"}:
+            _check_tiff_is_rgb(path)
+            import tifffile
+
+            arr = tifffile.imread(str(path), series=0, level=0)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()  # may raise DecompressionBombError: limits are kept on deliberately
+                if im.mode not in {"RGB", "RGBA", "L", "P", "LA"}:
+                    raise SlideError(path, f"image mode {im.mode} is not brightfield RGB")
+                im = im.convert("RGBA" if im.mode in {"RGBA", "LA", "P"} else "RGB")
+                arr = np.asarray(im)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise SlideError(
+                path, f"image of shape {arr.shape} and type {arr.dtype} is not 8-bit RGB"
+            )
+        self._arr = arr
+        h, w = arr.shape[:2]
+        self.level_dimensions = ((w, h),)
+        self.level_downsamples = (1.0,)
+        self.mpp = (None, None)
+        self.objective_power = None
+        self.vendor = "image"
+
+    def read_rgba(
+        self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        x, y = level0_xy
+        w, h = size
+        H, W = self._arr.shape[:2]
+        c = self._arr.shape[2]
+        out = np.zeros((h, w, 4), np.uint8)  # transparent: composited to white
+        x0, y0 = max(x, 0), max(y, 0)
+        x1, y1 = min(x + w, W), min(y + h, H)
+        if x1 > x0 and y1 > y0:
+            patch = self._arr[y0:y1, x0:x1]
+            out[y0 - y : y1 - y, x0 - x : x1 - x, :3] = patch[..., :3]
+            out[y0 - y : y1 - y, x0 - x : x1 - x, 3] = patch[..., 3] if c == 4 else 255
+        return out
+
+    def close(self) -> None:
+        self._arr = np.zeros((0, 0, 3), np.uint8)
+
+
+def _float(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) and f > 0 else None
+
+
+def _check_tiff_is_rgb(path: Path) -> None:
+    """Refuse TIFFs that are not 8-bit brightfield RGB (fluorescence, multiplex, 16-bit)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            page = series.pages[0] if series.pages else tif.pages[0]
+            photometric = int(getattr(page, "photometric", 0))
+            spp = int(getattr(page, "samplesperpixel", 1))
+            dtype = series.dtype
+            axes = series.axes
+            compression = int(getattr(page, "compression", 1))
+    except SlideError:
+        raise
+    except Exception as exc:
+        raise SlideError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    # photometric: 2 = RGB, 6 = YCbCr; JPEG-compressed RGB may also report 6
+    if dtype != np.uint8 or spp not in (3, 4) or photometric not in (2, 6) or "C" in axes:
+        raise SlideError(
+            path,
+            f"not a brightfield RGB image (axes {axes}, {spp} sample(s)/px, {dtype}, photometric "
+            f"{photometric}); fluorescence and multiplex images are not supported",
+        )
+    try:
+        import imagecodecs  # noqa: F401  (tifffile's codecs)
+        from tifffile import COMPRESSION
+
+        COMPRESSION(compression)
+    except ValueError:
+        raise SlideError(path, f"unsupported TIFF compression {compression}") from None
+
+
+def _probe_openslide(path: Path) -> str | None:
+    try:
+        import openslide
+    except ImportError:  # pragma: no cover - declared dependency
+        return None
+    try:
+        return openslide.OpenSlide.detect_format(str(path))
+    except Exception:
+        return None
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def open_slide(path: str | Path, mpp: float | None = None, reader: ReaderName = "auto") -> Slide:
+    """Open a slide or plain image.
+
+    ``mpp`` (µm/px at level 0) is used only when the file has none; it is required then.
+    Raises :class:`SlideError` naming the path and the reason on any unreadable input.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SlideError(path, "file not found")
+    if path.is_dir() and path.suffix.lower() != ".mrxs":
+        # a DICOM-WSI folder: open any of its files
+        dcms = sorted(path.glob("*.dcm"))
+        if not dcms:
+            raise SlideError(
+                path, "is a folder; give a slide file (or a folder of DICOM-WSI .dcm files)"
+            )
+        path = dcms[0]
+    if path.stat().st_size == 0:
+        raise SlideError(path, "file is empty")
+
+    backend: Any = None
+    name = reader
+    errors: list[str] = []
+    if reader in ("auto", "openslide"):
+        fmt = _probe_openslide(path)
+        if fmt is not None or reader == "openslide":
+            try:
+                backend = _OpenSlideBackend(path)
+                name = "openslide"
+            except Exception as exc:
+                errors.append(f"OpenSlide: {_clean(exc)}")
+        elif reader == "auto":
+            errors.append("OpenSlide: format not recognised")
+    if backend is None and reader in ("auto", "tiffslide") and _is_tiff(path):
+        try:
+            backend = _TiffSlideBackend(path)
+            name = "tiffslide"
+        except SlideError as exc:
+            if reader == "auto":
+                raise
+            errors.append(exc.reason)
+        except Exception as exc:
+            errors.append(f"tiffslide: {_clean(exc)}")
+    if (
+        backend is None
+        and reader in ("auto", "image")
+        and (path.suffix.lower() in _IMAGE_SUFFIXES or (reader == "image" and _is_tiff(path)))
+    ):
+        try:
+            backend = _ImageBackend(path)
+            name = "image"
+        except SlideError:
+            raise
+        except Exception as exc:
+            errors.append(f"image: {_clean(exc)}")
+    if backend is None:
+        if not errors:
+            errors.append(
+                f"unknown format (suffix '{path.suffix}'); expected a whole-slide image "
+                "(SVS, NDPI, MRXS, SCN, TIFF, DICOM) or a PNG/JPEG/TIFF image"
+            )
+        raise SlideError(path, "cannot open: " + "; ".join(errors))
+
+    file_mpp = backend.mpp
+    mpp_source: Literal["file", "given"] = "file"
+    mx, my = file_mpp
+    if mx is not None and my is None:
+        my = mx
+    if mx is None or not (PLAUSIBLE_MPP[0] <= mx <= PLAUSIBLE_MPP[1]):
+        placeholder = mx is not None
+        if mpp is None:
+            backend.close()
+            what = (
+                f"µm/px in the file ({mx:.4g}) is a placeholder resolution, not a microscope's"
+                if placeholder
+                else "no µm/px in the file"
+            )
+            raise SlideError(
+                path,
+                f"{what}; add an 'mpp' column to the manifest or pass --mpp (µm per pixel at level 0)",
+            )
+        if not (PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]):
+            backend.close()
+            raise SlideError(
+                path, f"given µm/px {mpp} is outside the plausible range {PLAUSIBLE_MPP}"
+            )
+        mx = my = float(mpp)
+        mpp_source = "given"
+    info = SlideInfo(
+        path=str(path),
+        backend=name,
+        level_dimensions=backend.level_dimensions,
+        level_downsamples=backend.level_downsamples,
+        mpp_x=float(mx),
+        mpp_y=float(my),
+        mpp_source=mpp_source,
+        objective_power=backend.objective_power,
+        vendor=backend.vendor,
+    )
+    return Slide(backend, info)
+
+
+def _clean(exc: BaseException) -> str:
+    msg = str(exc).strip() or type(exc).__name__
+    return msg.splitlines()[0][:300]
