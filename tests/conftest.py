@@ -21,3 +21,16 @@ def shared_data() -> Path:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Manifest of a tiny SYNTHETIC cohort: 6 patients (2 each of 1+/2+/3+), centres A and B,
+    one patient with two slides (7 slides), 1280×1280 px slides at 0.5 µm/px, with masks.
+
+    Built once per test session (a few seconds); treat it as read-only.
+    """
+    from her2scope.synth import make_cohort
+
+    out = tmp_path_factory.mktemp("tiny_cohort")
+    return make_cohort(out, n_patients=6, n_centers=2, seed=0, slide_px=1280, masks=True)

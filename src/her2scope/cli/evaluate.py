@@ -1,9 +1,104 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""``her2scope evaluate`` and ``her2scope compare``: metrics with patient-bootstrap CIs, model table."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``evaluate`` and ``compare`` commands to ``app``."""
+    app.command(name="evaluate")(evaluate)
+    app.command(name="compare")(compare)
+
+
+def _run_eval_config(run_dir: Path) -> Any:
+    """The run's own evaluate settings (its config.yaml), or the defaults."""
+    from her2scope.config import load_config
+    from her2scope.evaluate.config import EvaluateConfig
+
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        return load_config(cfg_path).evaluate
+    return EvaluateConfig()
+
+
+def evaluate(
+    runs: list[Path] = typer.Argument(..., help="Run folder(s) written by `her2scope train`."),
+    split: str = typer.Option(None, "--split", help="Split to evaluate (default: test)."),
+    aggregate: str = typer.Option(
+        None, "--aggregate", help="Tile → slide/patient rule: mean, majority or percent."
+    ),
+    percent_threshold: float = typer.Option(
+        None, "--percent", help="Percent rule: the highest grade reached by >= this % of tiles."
+    ),
+    n_boot: int = typer.Option(
+        None, "--n-boot", help="Patient-bootstrap resamples (default 1000)."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Bootstrap seed."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per forward pass."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
+) -> None:
+    """Predict a split with each run's best checkpoint; write predictions.parquet, results.json
+    and plots/ into the run folder. Metrics at tile, slide and patient level with 95 % CIs from a
+    bootstrap over patients. See docs/evaluation.md."""
+    import dataclasses
+
+    from her2scope.errors import ConfigError, Her2ScopeError
+    from her2scope.evaluate.aggregate import RULES
+    from her2scope.evaluate.run import evaluate_run
+
+    if aggregate is not None and aggregate not in RULES:
+        raise ConfigError(f"--aggregate must be one of {', '.join(RULES)}, not '{aggregate}'")
+    given = {
+        "split": split,
+        "aggregate": aggregate,
+        "percent_threshold": percent_threshold,
+        "n_boot": n_boot,
+        "seed": seed,
+        "batch_size": batch_size,
+        "plots": False if no_plots else None,
+    }
+    failed: list[str] = []
+    for run_dir in runs:
+        try:
+            cfg = _run_eval_config(run_dir)
+            cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+            res = evaluate_run(run_dir, cfg.split, cfg)
+        except Her2ScopeError as exc:
+            if len(runs) == 1:
+                raise
+            failed.append(f"{run_dir}: {exc}")
+            typer.secho(f"error: {run_dir}: {exc}", fg=typer.colors.RED, err=True)
+            continue
+        m = res["levels"]["patient"]["macro_auc"]
+        n = res["n"]
+        head = f"{run_dir}: {n['patients']} patients, {n['slides']} slides, {n['tiles']} tiles"
+        if m["value"] is None:
+            typer.echo(f"{head}; patient macro-AUC n/a ({m['reason']})")
+        else:
+            ci = m["ci"] or [float("nan"), float("nan")]
+            typer.echo(f"{head}; patient macro-AUC {m['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+        if res.get("synthetic"):
+            typer.echo("  (synthetic cohort: not clinical performance)")
+    if failed:
+        typer.echo(f"{len(failed)} of {len(runs)} run(s) failed:", err=True)
+        for f in failed:
+            typer.echo(f"  - {f}", err=True)
+        raise typer.Exit(1)
+
+
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Evaluated run folders."),
+    out: Path = typer.Option(Path("compare"), "--out", help="Folder for comparison.csv/.md."),
+    level: str = typer.Option("patient", "--level", help="tile, slide or patient."),
+) -> None:
+    """Table of the runs (macro-AUC [CI], per-class AUC, accuracy, macro-F1, kappa) with a paired
+    patient bootstrap of macro-AUC against the best run; writes comparison.csv and comparison.md."""
+    from her2scope.evaluate.compare import compare_runs
+
+    table = compare_runs(runs, out, level=level)
+    typer.echo((out / "comparison.md").read_text(encoding="utf-8"))
+    typer.echo(f"wrote {out / 'comparison.csv'} and {out / 'comparison.md'} ({len(table)} runs)")

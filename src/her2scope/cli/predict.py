@@ -1,9 +1,88 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""``her2scope predict`` (score new slides) and ``her2scope explain`` (Grad-CAM for a run)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``predict`` and ``explain`` commands to ``app``."""
+    app.command(name="predict")(predict)
+    app.command(name="explain")(explain)
+
+
+def predict(
+    slides: list[Path] = typer.Argument(
+        ..., help="Slide files to score.", show_default=False, metavar="SLIDE..."
+    ),
+    run: Path = typer.Option(..., "--run", help="Trained run folder (checkpoints/best.pt)."),
+    roi: Path = typer.Option(
+        None,
+        "--roi",
+        help="ROI file (one slide) or folder of <slide_id>.geojson/.json/.xml. Default: tissue.",
+    ),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Output folder."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes reading tiles."),
+    shard: str = typer.Option(
+        None, "--shard", help="i/n: score every n-th slide starting at i (0-based), for job arrays."
+    ),
+    mpp: float = typer.Option(
+        None, "--mpp", help="µm/px at level 0 for slides whose file has none."
+    ),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … Default: GPU if any."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
+) -> None:
+    """Score slides with a trained run: HER2 score, probabilities, uncertainty, reflex-FISH flag.
+
+    Tiles each slide as in training, fits its stain normaliser on its own tiles, predicts all tiles
+    and aggregates them with the run's rule. Writes OUT/<slide_id>.json, OUT/<slide_id>_heatmap.png,
+    OUT/<slide_id>.geojson (QuPath: File → Import objects) and OUT/summary.csv. A failing slide is
+    reported and the others go on; the exit status is 1 when any slide failed. See docs/predict.md.
+    Research software, not a medical device.
+    """
+    from her2scope.scoring.score import parse_shard, score_slides
+
+    shard_t = parse_shard(shard) if shard else None
+    report = score_slides(
+        slides,
+        run,
+        out,
+        rois=roi,
+        workers=workers,
+        shard=shard_t,
+        mpp=mpp,
+        device=device,
+        batch_size=batch_size,
+    )
+    s = report.summary
+    n_ok = int((s["status"] == "ok").sum())
+    for _, r in s[s["status"] == "ok"].iterrows():
+        flag = "  reflex FISH" if bool(r["reflex_fish"]) else ""
+        typer.echo(f"{r['slide_id']}: {r['score']} (uncertainty {r['uncertainty']:.2f}){flag}")
+    typer.echo(f"{n_ok}/{len(s)} slide(s) scored; summary: {report.summary_path}")
+    if report.failures:
+        typer.secho(f"{len(report.failures)} slide(s) failed:", fg=typer.colors.RED, err=True)
+        for path, msg in report.failures:
+            typer.secho(f"  {path}: {msg}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def explain(
+    run: Path = typer.Argument(..., help="Trained run folder.", show_default=False),
+    slide: str = typer.Option(None, "--slide", help="Explain this slide id only."),
+    split: str = typer.Option("test", "--split", help="Explain the slides of this split."),
+    n: int = typer.Option(16, "--n", help="Tiles per class and correct/wrong group."),
+    out: Path = typer.Option(None, "--out", help="Output folder. Default: RUN/explain."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda … Default: GPU if any."),
+) -> None:
+    """Grad-CAM: gallery of the most confident tiles per class and stitched slide CAM maps.
+
+    Writes gallery.png, gallery.html and slides/<slide_id>_cam.png (the CAM map beside the
+    expected-score heatmap). See docs/predict.md.
+    """
+    from her2scope.explain.run import explain_run
+
+    path = explain_run(run, slide=slide, split=split, n=n, out_dir=out, device=device)
+    typer.echo(f"explanations written to {path}")

@@ -1,9 +1,74 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""``her2scope stain``: fit per-slide stain parameters; show raw vs normalised tiles."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+stain_app = typer.Typer(help="IHC-aware Macenko stain normalisation (H + DAB). See docs/stain.md.")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``stain`` command group to ``app``."""
+    app.add_typer(stain_app, name="stain")
+
+
+def _config(config: Path | None, mode: str | None, fit_tiles: int | None, reference: Path | None):  # type: ignore[no-untyped-def]
+    from her2scope.config import from_dict, load_config, to_dict
+    from her2scope.stain.config import StainConfig
+
+    base = to_dict(load_config(config))["stain"] if config is not None else {}
+    if mode is not None:
+        base["mode"] = mode
+    if fit_tiles is not None:
+        base["fit_tiles"] = fit_tiles
+    if reference is not None:
+        base["reference"] = str(reference)
+    return from_dict(StainConfig, base, "stain")
+
+
+@stain_app.command("fit")
+def fit(
+    tiles_dir: Path = typer.Argument(..., help="Tiling output folder (tiles.parquet, slides/)."),
+    config: Path = typer.Option(None, "--config", help="Run config YAML (its 'stain' section)."),
+    mode: str = typer.Option(None, "--mode", help="preserve_dab, standard or none."),
+    fit_tiles: int = typer.Option(None, "--fit-tiles", help="Tiles sampled per slide for the fit."),
+    reference: Path = typer.Option(None, "--reference", help="Reference JSON (fit_reference)."),
+    workers: int = typer.Option(1, "--workers", help="Slides fitted in parallel processes."),
+) -> None:
+    """Fit each slide's H and DAB vectors on tiles pooled from it; store them in the sidecars.
+
+    Exit status 1 when any slide failed (the others are still written).
+    """
+    from her2scope.stain.slides import fit_stains
+
+    cfg = _config(config, mode, fit_tiles, reference)
+    res = fit_stains(tiles_dir, cfg, workers=workers)
+    typer.echo(
+        f"stain fit ({cfg.mode}): {len(res['fitted'])} slide(s) fitted, "
+        f"{len(res['passthrough'])} passthrough (too little tissue), {len(res['failed'])} failed"
+    )
+    for sid in res["passthrough"]:
+        typer.echo(f"  passthrough: {sid}")
+    for sid, reason in res["failed"].items():
+        typer.secho(f"  failed: {sid}: {reason}", fg=typer.colors.RED, err=True)
+    if res["failed"]:
+        raise typer.Exit(1)
+
+
+@stain_app.command("show")
+def show(
+    slide_id: str = typer.Argument(..., help="Slide id (as in tiles.parquet)."),
+    tiles: Path = typer.Option(..., "--tiles", help="Tiling output folder after `stain fit`."),
+    out: Path = typer.Option(None, "--out", help="PNG to write (default TILES/stain_<id>.png)."),
+    n: int = typer.Option(4, "--n", help="Number of tiles shown."),
+    config: Path = typer.Option(None, "--config", help="Run config YAML (its 'stain' section)."),
+    mode: str = typer.Option(None, "--mode", help="preserve_dab or standard."),
+) -> None:
+    """Write a PNG: raw tiles, normalised tiles, and the H and DAB concentration channels."""
+    from her2scope.stain.show import show_slide
+
+    cfg = _config(config, mode, None, None)
+    path = show_slide(tiles, slide_id, cfg, out, n=n)
+    typer.echo(f"wrote {path}")

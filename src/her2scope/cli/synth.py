@@ -1,9 +1,51 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""``her2scope synth``: render the synthetic dual-centre HER2 IHC cohort."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``synth`` command to ``app``."""
+    app.command(name="synth")(synth)
+
+
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to write the cohort into."),
+    patients: int = typer.Option(24, "--patients", help="Number of patients."),
+    centers: int = typer.Option(2, "--centers", help="Number of centres (named A, B, …)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    slide_px: int = typer.Option(
+        None,
+        "--slide-px",
+        help="Level-0 side of each slide in px at 0.5 µm/px (default 4096: 2 mm, ~25 ROI tiles of 256 µm).",
+    ),
+    labels: str = typer.Option(
+        "1+,2+,3+", "--labels", help="HER2 scores to draw, comma-separated (e.g. 0,1+,2+,3+)."
+    ),
+    cells: bool = typer.Option(
+        False, "--cells", help="Also write per-cell ground truth (Parquet)."
+    ),
+    masks: bool = typer.Option(False, "--masks", help="Also write level-0 label masks (PNG)."),
+    workers: int = typer.Option(1, "--workers", help="Slides rendered in parallel processes."),
+) -> None:
+    """Render a SYNTHETIC multi-centre HER2 IHC cohort: slides, Tumor ROIs, manifest.csv.
+
+    For tests and demos only: no number measured on it is clinical performance.
+    """
+    from her2scope.synth import DEFAULT_SLIDE_PX, make_cohort
+
+    manifest = make_cohort(
+        out,
+        n_patients=patients,
+        n_centers=centers,
+        seed=seed,
+        slide_px=DEFAULT_SLIDE_PX if slide_px is None else slide_px,
+        labels=tuple(s.strip() for s in labels.split(",") if s.strip()),
+        cells=cells,
+        masks=masks,
+        workers=workers,
+    )
+    typer.echo(f"wrote {manifest} (synthetic cohort; see cohort.json)")

@@ -1,9 +1,147 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""``her2scope tile``: cut slides into tiles (coordinates in ``tiles.parquet``)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``tile`` command to ``app``."""
+    app.command(name="tile")(tile)
+
+
+def tile(
+    inputs: list[Path] = typer.Argument(
+        ...,
+        help="A manifest CSV (slide_id, patient_id, center, label, slide_path[, roi_path][, mpp]; "
+        "paths relative to it), or one or more slide files.",
+        show_default=False,
+        metavar="MANIFEST_OR_SLIDES...",
+    ),
+    out: Path = typer.Option(..., "--out", help="Output folder (tiles.parquet, slides/, qc/)."),
+    rois: Path = typer.Option(
+        None,
+        "--rois",
+        help="With slide paths: folder of ROI files named after the slides "
+        "(<stem>.geojson / .json / .xml). Slides without one are tiled on their tissue mask.",
+    ),
+    mpp: float = typer.Option(
+        None,
+        "--mpp",
+        help="µm/px at level 0 for slides whose file has none (and no 'mpp' manifest column).",
+    ),
+    tile_px: int = typer.Option(512, "--tile-px", help="Side of a tile in output pixels."),
+    target_mpp: float = typer.Option(
+        None,
+        "--target-mpp",
+        help="µm/px of the tiles (read from the best pyramid level and resized). "
+        "Default: each slide's own level-0 µm/px.",
+    ),
+    max_white: float = typer.Option(
+        0.60, "--max-white", help="Drop a tile whose white fraction is above this (0-1)."
+    ),
+    white_level: int = typer.Option(
+        220, "--white-level", help="A pixel is white when R, G and B are all above this (0-255)."
+    ),
+    roi_rule: str = typer.Option(
+        "centre",
+        "--roi-rule",
+        help="Keep a tile when its centre lies in the ROI ('centre') or when the ROI covers at "
+        "least --min-roi-cover of it ('coverage').",
+    ),
+    min_roi_cover: float = typer.Option(
+        0.5, "--min-roi-cover", help="Coverage needed by --roi-rule coverage (0-1]."
+    ),
+    roi_classes: str = typer.Option(
+        None,
+        "--roi-classes",
+        help="Only ROIs of these classes, comma-separated (e.g. Tumor). Default: every ROI.",
+    ),
+    workers: int = typer.Option(1, "--workers", help="Worker processes reading tiles."),
+    export_tiles: bool = typer.Option(
+        False, "--export-tiles", help="Also write every kept tile as PNG under OUT/tiles/."
+    ),
+    reader: str = typer.Option(
+        "auto", "--reader", help="Slide reader: auto, openslide, tiffslide or image."
+    ),
+) -> None:
+    """Tile slides inside their ROIs (or tissue), dropping tiles with too much white background.
+
+    Writes OUT/tiles.parquet (one row per kept tile: where it is, not its pixels), OUT/slides/<slide_id>.json (µm/px, tiles kept and dropped), OUT/qc/<slide_id>.png (ROI outline and kept tiles) and OUT/tiling_report.json.
+
+    A slide that fails is reported with its reason and the others go on; the exit status is 1 when any slide failed. See docs/tiling.md.
+    """
+    from her2scope.config import from_dict
+    from her2scope.errors import ConfigError
+    from her2scope.tiling.config import TilingConfig
+    from her2scope.tiling.extract import entries_from_paths, read_tiling_manifest, tile_entries
+
+    classes = [c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes else None
+    cfg = from_dict(
+        TilingConfig,
+        {
+            "tile_px": tile_px,
+            "target_mpp": target_mpp,
+            "max_white": max_white,
+            "white_level": white_level,
+            "roi_rule": roi_rule,
+            "min_roi_cover": min_roi_cover,
+            "roi_classes": classes,
+            "reader": reader,
+        },
+        "tiling",
+    )
+    csvs = [p for p in inputs if p.suffix.lower() == ".csv"]
+    if csvs:
+        if len(inputs) != 1:
+            raise ConfigError("give either one manifest CSV or slide files, not both")
+        if rois is not None:
+            raise ConfigError("--rois is for slide paths; a manifest names ROIs in 'roi_path'")
+        entries = read_tiling_manifest(csvs[0])
+        for e in entries:
+            e.mpp = e.mpp if e.mpp is not None else mpp
+    else:
+        if rois is not None and not rois.is_dir():
+            raise ConfigError(f"--rois '{rois}' is not a folder")
+        entries = entries_from_paths(inputs, rois, mpp)
+    report = tile_entries(entries, out, cfg, workers=workers, export_tiles=export_tiles)
+    _print_summary(report)
+    if report.failures:
+        typer.secho(
+            f"{len(report.failures)} of {len(report.slides)} slide(s) failed; see the table above",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _print_summary(report: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"tiling: {report.n_tiles} tiles → {report.tiles_path}")  # type: ignore[attr-defined]
+    for col in ("slide", "status", "grid", "kept", "white", "outside ROI", "read errors", "note"):
+        table.add_column(col, overflow="fold")
+    for r in report.slides:  # type: ignore[attr-defined]
+        if r["status"] == "ok":
+            note = f"{r['warnings']} warning(s), see sidecar" if r["warnings"] else ""
+            table.add_row(
+                r["slide_id"],
+                "ok",
+                *(
+                    str(r[k])
+                    for k in (
+                        "n_grid",
+                        "n_kept",
+                        "n_dropped_white",
+                        "n_dropped_roi",
+                        "n_read_errors",
+                    )
+                ),
+                note,
+            )
+        else:
+            table.add_row(r["slide_id"], "[red]FAILED[/red]", "", "", "", "", "", r["reason"])
+    Console(width=160).print(table)

@@ -1,9 +1,120 @@
-"""CLI commands of this stage (filled in by its issue)."""
+"""``her2scope train``: train one or more models on a tiled cohort (single process or torchrun)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to app."""
+    """Add the ``train`` command to ``app``."""
+    app.command(name="train")(train)
+
+
+def run_dir_name(model_name: str) -> str:
+    """Folder name of a model's run (``timm:convnext_tiny`` → ``timm_convnext_tiny``)."""
+    return model_name.replace(":", "_").replace("/", "_")
+
+
+def train(
+    overrides: list[str] = typer.Argument(
+        None,
+        help="Config overrides as section.key=value, e.g. train.epochs=3 stain.mode=none.",
+        show_default=False,
+        metavar="[KEY=VALUE]...",
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="Run config YAML (see configs/study.yaml). Not needed with --resume."
+    ),
+    tiles: Path = typer.Option(
+        None, "--tiles", help="Tiles folder from `her2scope tile` (default: <out_dir>/tiles)."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Folder for the run folders, one per model (default: <out_dir>/runs)."
+    ),
+    models: str = typer.Option(
+        None,
+        "--models",
+        help="Comma-separated models, e.g. alexnet,vgg16, or 'all' for the study's six "
+        "(default: train.models).",
+    ),
+    resume: Path = typer.Option(
+        None, "--resume", help="A run folder to continue from its checkpoints/last.pt."
+    ),
+    deterministic: bool = typer.Option(
+        False, "--deterministic", help="Deterministic algorithms (slower on GPU)."
+    ),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: auto)."),
+) -> None:
+    """Train the study's models with patient-level splits; one run folder per model.
+
+    Each run folder holds config.yaml (resolved), splits.csv, checkpoints/best.pt and last.pt, and metrics.jsonl.
+
+    Several GPUs or nodes: launch with `torchrun --nproc_per_node N -m her2scope train ...`. See docs/training.md.
+    """
+    import logging
+
+    from her2scope.config import apply_overrides, load_config
+    from her2scope.engine.checkpoint import load_checkpoint
+    from her2scope.engine.train import train_model
+    from her2scope.errors import ConfigError
+
+    _setup_logging()
+    log = logging.getLogger("her2scope.train")
+    overrides = list(overrides or [])
+    if deterministic:
+        overrides.append("train.deterministic=true")
+
+    if resume is not None:
+        ckpt_path = resume / "checkpoints" / "last.pt"
+        cfg_path = resume / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"cannot resume '{resume}': no config.yaml there")
+        cfg = load_config(cfg_path, overrides)
+        ckpt = load_checkpoint(ckpt_path)
+        tiles_dir = tiles or Path(ckpt["tiles_dir"])
+        train_model(cfg, ckpt["model_name"], tiles_dir, resume, resume=True, device=device)
+        typer.echo(f"resumed and finished: {resume}")
+        return
+
+    if config is None:
+        raise ConfigError("give --config CONFIG.yaml (or --resume RUN_DIR)")
+    cfg = load_config(config, overrides)
+    names = (
+        [m.strip() for m in models.split(",") if m.strip()] if models else list(cfg.train.models)
+    )
+    if names == ["all"]:
+        from her2scope.models import TORCHVISION_MODELS
+
+        names = list(TORCHVISION_MODELS)
+    if not names:
+        raise ConfigError("no models to train; set train.models or --models")
+    if models:
+        cfg = apply_overrides(cfg, [f"train.models=[{','.join(repr(n) for n in names)}]"])
+    tiles_dir = tiles or Path(cfg.out_dir) / "tiles"
+    runs_root = out or Path(cfg.out_dir) / "runs"
+    failed: list[str] = []
+    for name in names:
+        run_dir = runs_root / run_dir_name(name)
+        try:
+            train_model(cfg, name, tiles_dir, run_dir, device=device)
+            typer.echo(f"{name}: {run_dir}")
+        except ConfigError:
+            raise
+        except Exception as exc:  # one model failing does not stop the others
+            if len(names) == 1:
+                raise
+            log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
+            failed.append(name)
+    if failed:
+        typer.secho(f"failed: {', '.join(failed)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def _setup_logging() -> None:
+    import logging
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -17,3 +17,4 @@ class CohortConfig:
     n_folds: int = 5
     fold: int = 0
     splits_csv: str | None = None  # split_mode="file"
+    split_seed: int = 0  # shuffles patients before the validation/fold assignment

@@ -9,7 +9,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class TrainConfig:
     models: tuple[str, ...] = ("alexnet",)
-    pretrained: str = "auto"  # "true", "false", "auto" or a path to a weights file
+    pretrained: bool | str = "auto"  # true, false, "auto" or a path to a weights file
     input_px: int = 512  # tiles are resized to this before the model
     epochs: int = 10
     batch_size: int = 16

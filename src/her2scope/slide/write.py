@@ -8,7 +8,7 @@ synthetic when asked to.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,5 +79,77 @@ def _tiles(image: np.ndarray, tile_px: int) -> Iterator[np.ndarray]:
             if t.shape[0] != tile_px or t.shape[1] != tile_px:
                 pad = np.full((tile_px, tile_px, 3), 255, np.uint8)
                 pad[: t.shape[0], : t.shape[1]] = t
+                t = pad
+            yield np.ascontiguousarray(t)
+
+
+def write_pyramidal_tiff_lazy(
+    path: str | Path,
+    size: tuple[int, int],
+    mpp: float,
+    render: Callable[[int, int, int, int, int], np.ndarray],
+    *,
+    tile_px: int = 256,
+    quality: int = 90,
+    description: str = "",
+    min_level_px: int = 256,
+    jpeg_rgb: bool = False,
+) -> Path:
+    """Write a pyramidal JPEG TIFF whose pixels come from ``render``, one tile at a time.
+
+    ``size = (width, height)`` of level 0. ``render(level, x, y, w, h)`` returns the ``h×w×3``
+    uint8 RGB pixels of ``level`` (downsample ``2**level``) with top-left ``(x, y)`` in that
+    level's pixels. Memory stays at a few tiles whatever the slide size, so this writes slides of
+    tens of gigapixels (benchmarks); levels are rendered, not downsampled from level 0.
+    ``jpeg_rgb`` stores JPEG in RGB without chroma subsampling (as Aperio scanners do) instead of
+    subsampled YCbCr; such tiles are larger and slower to decode.
+    """
+    import tifffile
+
+    width, height = int(size[0]), int(size[1])
+    path = Path(path)
+    px_per_cm = 1e4 / float(mpp)
+    dims = [(width, height)]
+    while max(dims[-1]) >= 2 * min_level_px:
+        w, h = dims[-1]
+        dims.append((w // 2, h // 2))
+    big = width * height * 3 > 2**31
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=big) as tw:
+        for i, (w, h) in enumerate(dims):
+            tw.write(
+                _rendered_tiles(render, i, w, h, tile_px),
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile_px, tile_px),
+                photometric="rgb",
+                compression="jpeg",
+                compressionargs={"level": quality, **({"outcolorspace": 2} if jpeg_rgb else {})},
+                subsampling=(1, 1) if jpeg_rgb else None,
+                resolution=(px_per_cm / 2**i, px_per_cm / 2**i),
+                resolutionunit="CENTIMETER",
+                description=description if i == 0 else None,
+                subfiletype=0 if i == 0 else 1,
+                metadata=None,
+                software=False,
+            )
+    return path
+
+
+def _rendered_tiles(
+    render: Callable[[int, int, int, int, int], np.ndarray],
+    level: int,
+    w: int,
+    h: int,
+    tile_px: int,
+) -> Iterator[np.ndarray]:
+    for y in range(0, h, tile_px):
+        for x in range(0, w, tile_px):
+            tw, th = min(tile_px, w - x), min(tile_px, h - y)
+            t = np.asarray(render(level, x, y, tw, th), dtype=np.uint8)
+            if t.shape != (th, tw, 3):
+                raise ValueError(f"render returned {t.shape}, expected {(th, tw, 3)}")
+            if (tw, th) != (tile_px, tile_px):
+                pad = np.full((tile_px, tile_px, 3), 255, np.uint8)
+                pad[:th, :tw] = t
                 t = pad
             yield np.ascontiguousarray(t)

@@ -1,0 +1,135 @@
+"""Training throughput: her2scope's loop (tiles read from a slide) vs a bare loop on tensors.
+
+Measures, in one run on this machine:
+
+1. her2scope: ``train_model`` for one epoch of ``resnet34`` at 224² — tiles read lazily from a
+   generated pyramidal TIFF by ``TileDataset``, stain-normalised (when the stain stage is present),
+   augmented and normalised, AdamW step; images/s as logged in ``metrics.jsonl``.
+2. the DataLoader alone (same dataset, same workers): images/s of producing batches.
+3. a bare PyTorch loop: the same model, batch size and optimiser on pre-loaded tensors.
+
+Prints the ratio her2scope / bare (target ≥ 0.9: the data pipeline is never the bottleneck).
+Random weights, synthetic pixels: a speed measurement, not a model. CPU only; see docs/training.md
+for GPU numbers.
+
+    .venv/bin/python benchmarks/bench_train.py [--tiles-per-slide 16] [--workers 2] [--batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def make_tiles(root: Path, tiles_per_side: int, tile_px: int) -> Path:
+    from her2scope.slide.write import write_pyramidal_tiff
+
+    rng = np.random.default_rng(0)
+    side = tiles_per_side * tile_px
+    rows = []
+    patients = [("A0", "A", "1+"), ("A1", "A", "2+"), ("A2", "A", "3+"), ("B0", "B", "2+")]
+    for pid, center, label in patients:
+        img = rng.integers(60, 230, size=(side, side, 3), dtype=np.uint8)
+        path = write_pyramidal_tiff(root / "slides" / f"{pid}.tif", img, mpp=0.5)
+        for ty in range(tiles_per_side):
+            for tx in range(tiles_per_side):
+                rows.append(
+                    {"slide_id": pid, "patient_id": pid, "center": center, "label": label,
+                     "slide_path": str(path), "x": tx * tile_px, "y": ty * tile_px, "level": 0,
+                     "read_px": tile_px, "tile_px": tile_px, "mpp": 0.5, "white_frac": 0.0,
+                     "roi_cover": 1.0}
+                )  # fmt: skip
+    pd.DataFrame(rows).to_parquet(root / "tiles.parquet", index=False)
+    return root
+
+
+def bare_loop(n: int, batch: int, px: int, lr: float) -> float:
+    """images/s of AdamW steps of resnet34 on pre-loaded, pre-normalised tensors."""
+    from her2scope.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet34", 3, input_px=px).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    x_all = torch.randn(n, 3, px, px)
+    y_all = torch.randint(0, 3, (n,))
+    crit = torch.nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        loss = crit(model(x_all[i : i + batch]), y_all[i : i + batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return n / (time.perf_counter() - t0)
+
+
+def loader_only(tiles_dir: Path, cfg: object, workers: int) -> float:
+    from torch.utils.data import DataLoader
+
+    from her2scope.data.dataset import TileDataset
+    from her2scope.engine.train import _load_normalizers
+
+    df = pd.read_parquet(tiles_dir / "tiles.parquet")
+    df = df[df.center == "A"].reset_index(drop=True)
+    ds = TileDataset(df, 224, _load_normalizers(tiles_dir, cfg))  # type: ignore[arg-type]
+    loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers)
+    t0 = time.perf_counter()
+    n = sum(len(xb) for xb, _ in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiles-per-side", type=int, default=4, help="slide side in tiles (n² tiles)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from her2scope.config import RunConfig, apply_overrides
+    from her2scope.engine.train import train_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tiles = make_tiles(Path(tmp) / "tiles", args.tiles_per_side, 224)
+        stain = "none"
+        try:
+            from her2scope.stain import fit_stains
+            from her2scope.stain.config import StainConfig
+
+            fit_stains(tiles, StainConfig(mode="preserve_dab", fit_tiles=8))
+            stain = "preserve_dab"
+        except ImportError:
+            pass
+        cfg = apply_overrides(
+            RunConfig(),
+            [
+                "cohort.manifest=", "cohort.test_centers=[B]", "cohort.val_fraction=0",
+                f"stain.mode={stain}", "train.pretrained=false", "train.input_px=224",
+                "train.epochs=1", f"train.batch_size={args.batch}", f"train.workers={args.workers}",
+                "train.augment=true", "train.precision=fp32",
+            ],
+        )  # fmt: skip
+        n_train = 3 * args.tiles_per_side**2
+        print(f"resnet34, 224², batch {args.batch}, {n_train} training tiles, "
+              f"{torch.get_num_threads()} torch threads, {args.workers} loader workers, "
+              f"stain normalisation: {stain}")  # fmt: skip
+        data_ips = loader_only(tiles, cfg, args.workers)
+        bare_ips = bare_loop(n_train, args.batch, 224, 1e-4)
+        run = train_model(cfg, "resnet34", tiles, Path(tmp) / "run")
+        row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        ours = row["images_per_s"]
+        print(f"DataLoader alone (read + normalise + resize): {data_ips:8.1f} images/s")
+        print(f"bare PyTorch loop on pre-loaded tensors:     {bare_ips:8.1f} images/s")
+        print(f"her2scope train_model (slide → step):        {ours:8.1f} images/s")
+        print(f"ratio her2scope / bare: {ours / bare_ips:.2f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

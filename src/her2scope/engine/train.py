@@ -1,0 +1,528 @@
+"""The training loop: one readable function, :func:`train_model`.
+
+Reads ``tiles_dir/tiles.parquet``, labels slides (from the manifest, or the tile table), splits
+patients (or reloads the run's ``splits.csv``), then trains with AdamW/SGD, a warm-up + cosine
+schedule per optimiser step, optional label smoothing and class balancing, stain augmentation,
+AMP on CUDA and early stopping on validation macro-AUC. Works alone or under ``torchrun`` (DDP).
+
+Reproducibility: every epoch reseeds torch/numpy/python from ``(seed, epoch, rank)`` and draws its
+sample order from a generator seeded the same way, so a run resumed from ``last.pt`` repeats the
+epochs it missed exactly as an uninterrupted run would.
+
+Run directory: ``config.yaml``, ``splits.csv``, ``checkpoints/{best,last}.pt``, ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from her2scope._io import write_text
+from her2scope._progress import track
+from her2scope.config import RunConfig, dump_config
+from her2scope.errors import ConfigError, Her2ScopeError, ManifestError
+from her2scope.labels import get_scheme
+
+log = logging.getLogger(__name__)
+
+TILE_TABLE_COLUMNS: tuple[str, ...] = (
+    "slide_id", "patient_id", "center", "label", "slide_path", "x", "y", "level", "read_px",
+    "tile_px",
+)  # fmt: skip
+
+
+def train_model(
+    cfg: RunConfig,
+    model_name: str,
+    tiles_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    device: str | None = None,
+) -> Path:
+    """Train ``model_name`` on the tiles of ``tiles_dir`` into ``run_dir``; return ``run_dir``.
+
+    ``resume=True`` continues from ``run_dir/checkpoints/last.pt`` (its splits and config; the
+    model name must match). Under ``torchrun`` each process trains on its share of every epoch
+    and rank 0 alone writes files. Raises ``ConfigError`` / ``ManifestError`` for bad inputs.
+    """
+    from her2scope.cohort import check_no_leakage, read_splits, write_splits
+    from her2scope.data.dataset import TileDataset, seed_worker, to_model_input
+    from her2scope.engine.checkpoint import load_checkpoint, save_checkpoint
+    from her2scope.engine.distributed import (
+        all_gather_objects,
+        barrier,
+        broadcast_object,
+        init_distributed,
+        sync_buffers,
+    )
+    from her2scope.engine.predict import autocast_context
+    from her2scope.engine.seed import seed_everything, set_deterministic
+    from her2scope.models import INCEPTION_AUX_WEIGHT, create_model, model_preprocessing
+    from her2scope.models.registry import split_outputs
+
+    tcfg = cfg.train
+    tiles_dir, run_dir = Path(tiles_dir), Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    dist = init_distributed(device)
+    set_deterministic(tcfg.deterministic)
+    seed_everything(cfg.seed)
+
+    # ---- resume state ---------------------------------------------------------------------
+    start_epoch, ckpt = 0, None
+    if resume:
+        ckpt = load_checkpoint(ckpt_dir / "last.pt")
+        if ckpt["model_name"] != model_name:
+            raise ConfigError(
+                f"cannot resume '{run_dir}': it trains '{ckpt['model_name']}', not '{model_name}'"
+            )
+        start_epoch = int(ckpt["epoch"])
+
+    # ---- data: tiles, labels, splits ------------------------------------------------------
+    scheme = get_scheme(cfg.cohort.label_scheme)
+    classes = scheme.classes
+    tiles = _read_tiles(tiles_dir, cfg, scheme)
+    slides = tiles.drop_duplicates("slide_id")[["slide_id", "patient_id", "center", "label"]]
+    if resume and (run_dir / "splits.csv").is_file():
+        splits = read_splits(run_dir / "splits.csv")
+        check_no_leakage(splits)
+    else:
+        from her2scope.cohort import make_splits
+
+        splits = make_splits(slides, cfg.cohort)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        write_splits(splits, run_dir / "splits.csv")
+        _log_split_table(splits, tiles, classes)
+    split_of = dict(zip(splits["slide_id"], splits["split"], strict=True))
+    tiles["split"] = tiles["slide_id"].map(split_of)
+    tiles = _cap_tiles_per_slide(tiles, tcfg.max_tiles_per_slide, cfg.seed)
+    train_df = tiles[tiles["split"] == "train"].reset_index(drop=True)
+    val_df = tiles[tiles["split"] == "val"].reset_index(drop=True)
+    if train_df.empty:
+        raise ConfigError("the training split has no tiles; check the splits and tiling")
+    normalizers = _load_normalizers(tiles_dir, cfg)
+    train_ds = TileDataset(train_df, tcfg.input_px, normalizers, train_df["label_idx"].to_numpy())
+    val_ds = TileDataset(val_df, tcfg.input_px, normalizers, val_df["label_idx"].to_numpy())
+    missing_val = [c for i, c in enumerate(classes) if not (val_ds.labels == i).any()]
+    if val_df.empty:
+        log.warning("no validation tiles: the last epoch's model is kept as best.pt")
+    elif missing_val:
+        log.warning(
+            "validation lacks class(es) %s: macro-AUC is not computed; early stopping and "
+            "best.pt use validation loss instead",
+            ", ".join(missing_val),
+        )
+
+    # ---- model, optimiser, schedule -------------------------------------------------------
+    dev = dist.device
+    model = create_model(
+        model_name,
+        len(classes),
+        pretrained=False if resume else tcfg.pretrained,
+        input_px=tcfg.input_px,
+    ).to(dev)
+    channels_last = tcfg.channels_last and dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean_t, std_t = (
+        torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in model_preprocessing(model_name)
+    )
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net: nn.Module = DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    else:
+        net = model
+    optimizer = _make_optimizer(model, tcfg)
+    per_rank = math.ceil(len(train_ds) / dist.world_size)
+    steps_per_epoch = max(1, math.ceil(math.ceil(per_rank / tcfg.batch_size) / tcfg.grad_accum))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        WarmupCosine(tcfg.warmup_epochs * steps_per_epoch, tcfg.epochs * steps_per_epoch),
+    )
+    precision = _resolve_precision(tcfg.precision, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    class_weights = None
+    if tcfg.balance == "loss":
+        counts = np.bincount(train_ds.labels, minlength=len(classes)).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0)
+        class_weights = torch.tensor(w, dtype=torch.float32, device=dev)
+    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=tcfg.label_smoothing)
+    augment = _make_augment(cfg) if tcfg.augment else None
+
+    state: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "monitor": ""}
+    metrics: list[dict[str, Any]] = []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        if ckpt.get("scaler_state"):
+            scaler.load_state_dict(ckpt["scaler_state"])
+        state.update(ckpt["train_state"])
+        metrics = _read_metrics(run_dir / "metrics.jsonl")[:start_epoch]
+        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+
+    def save(path: Path, epoch: int, full: bool = True) -> None:
+        # best.pt is for inference: model only; last.pt also carries what resuming needs
+        save_checkpoint(
+            path,
+            model=model,
+            model_name=model_name,
+            classes=classes,
+            config=cfg,
+            input_px=tcfg.input_px,
+            tiles_dir=tiles_dir.resolve(),
+            epoch=epoch,
+            optimizer=optimizer if full else None,
+            scheduler=scheduler if full else None,
+            scaler=scaler if full and scaler.is_enabled() else None,
+            train_state=state,
+        )
+
+    # ---- epochs ---------------------------------------------------------------------------
+    for epoch in range(start_epoch, tcfg.epochs):
+        if state["bad_epochs"] >= tcfg.early_stop_patience:
+            break
+        seed_everything(_epoch_seed(cfg.seed, epoch, dist.rank))
+        loader = _train_loader(train_ds, tcfg, cfg.seed, epoch, dist, seed_worker)
+        net.train()
+        t0 = time.perf_counter()
+        loss_sum, n_seen = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        n_batches = len(loader)
+        for step, (xb, yb) in enumerate(
+            track(loader, f"{model_name} epoch {epoch + 1}/{tcfg.epochs}", total=n_batches,
+                  disable=None if dist.is_main else True)
+        ):  # fmt: skip
+            xb = xb.to(dev, non_blocking=True)
+            yb = yb.to(dev, non_blocking=True)
+            x = to_model_input(xb, mean_t, std_t, channels_last, augment)
+            with autocast_context(dev, precision):
+                logits, aux = split_outputs(net(x))
+                loss = criterion(logits.float(), yb)
+                if aux is not None:
+                    loss = loss + INCEPTION_AUX_WEIGHT * criterion(aux.float(), yb)
+            scaler.scale(loss / tcfg.grad_accum).backward()
+            if (step + 1) % tcfg.grad_accum == 0 or step + 1 == n_batches:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            loss_sum += float(loss.detach()) * len(yb)
+            n_seen += len(yb)
+        elapsed = time.perf_counter() - t0
+        totals = all_gather_objects(dist, (loss_sum, n_seen))
+        train_loss = sum(t[0] for t in totals) / max(1, sum(t[1] for t in totals))
+        images = sum(t[1] for t in totals)
+
+        sync_buffers(dist, model)  # every rank evaluates with rank 0's BatchNorm statistics
+        val = _validate(model, val_ds, tcfg, dev, mean_t, std_t, channels_last, precision, dist)
+        if dist.is_main:
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_macro_auc": val["auc"],
+                "val_classes_missing": missing_val,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": images / elapsed if elapsed > 0 else None,
+                "train_images": images,
+                "val_images": len(val_ds),
+            }
+            metrics.append(row)
+            improved = _update_early_stopping(state, val, epoch + 1)
+            write_text(
+                run_dir / "metrics.jsonl",
+                "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics),
+            )
+            if improved:
+                save(ckpt_dir / "best.pt", epoch + 1, full=False)
+            save(ckpt_dir / "last.pt", epoch + 1)
+            log.info(
+                "%s epoch %d: train loss %.4f, val loss %s, val macro-AUC %s, %.1f images/s",
+                model_name, epoch + 1, train_loss, _fmt(val["loss"]), _fmt(val["auc"]),
+                row["images_per_s"] or 0.0,
+            )  # fmt: skip
+        state = broadcast_object(dist, state)
+        barrier(dist)
+    if dist.is_main and not (ckpt_dir / "best.pt").is_file() and (ckpt_dir / "last.pt").is_file():
+        import shutil
+
+        shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+    barrier(dist)
+    return run_dir
+
+
+# ---- helpers (each small and testable) ----------------------------------------------------
+
+
+def _read_tiles(tiles_dir: Path, cfg: RunConfig, scheme: Any) -> pd.DataFrame:
+    """The tile table with canonical ``label`` and ``label_idx`` (manifest labels win)."""
+    path = tiles_dir / "tiles.parquet"
+    if not path.is_file():
+        raise ConfigError(f"no tile table at '{path}'; run `her2scope tile` first")
+    tiles = pd.read_parquet(path)
+    missing = [c for c in TILE_TABLE_COLUMNS if c not in tiles.columns]
+    if missing:
+        raise ConfigError(f"tile table '{path}' lacks column(s) {', '.join(missing)}")
+    if tiles.empty:
+        raise ConfigError(f"tile table '{path}' has no tiles")
+    tiles["slide_id"] = tiles["slide_id"].astype(str)
+    manifest = Path(cfg.cohort.manifest) if cfg.cohort.manifest else None
+    if manifest is not None and manifest.is_file():
+        from her2scope.cohort import load_manifest
+
+        man = load_manifest(manifest, cfg.cohort.label_scheme, cfg.cohort.allow_absolute_paths)
+        lab = dict(zip(man["slide_id"].astype(str), man["label"], strict=True))
+        absent = sorted(set(tiles["slide_id"]) - set(lab))
+        if absent:
+            raise ManifestError(
+                manifest,
+                [f"tiled slide(s) not in the manifest: {', '.join(absent[:10])}"],
+            )
+        for col in ("patient_id", "center"):
+            tiles[col] = tiles["slide_id"].map(dict(zip(man["slide_id"], man[col], strict=True)))
+        tiles["label"] = tiles["slide_id"].map(lab)
+    else:
+        if manifest is not None:
+            log.info("manifest '%s' not found; using the labels in %s", manifest, path)
+        raw = tiles.drop_duplicates("slide_id").set_index("slide_id")["label"]
+        mapped = {sid: scheme.class_of(v) for sid, v in raw.items()}
+        bad = [f"'{sid}' ({raw[sid]!r})" for sid, c in mapped.items() if c is None]
+        if bad:
+            raise ManifestError(
+                path,
+                [
+                    f"slide {b} has a label that scheme '{scheme.name}' does not know "
+                    f"({scheme.describe()})"
+                    for b in bad[:20]
+                ],
+            )
+        tiles["label"] = tiles["slide_id"].map(mapped)
+    tiles["label_idx"] = tiles["label"].map({c: i for i, c in enumerate(scheme.classes)})
+    for col in ("patient_id", "center"):
+        tiles[col] = tiles[col].astype(str)
+    return tiles
+
+
+def _log_split_table(splits: pd.DataFrame, tiles: pd.DataFrame, classes: tuple[str, ...]) -> None:
+    from her2scope.cohort import format_split_table, split_table
+
+    table = split_table(splits, tiles, classes)
+    log.info(
+        "patients/slides/tiles per split and class:\n%s\nleakage check: no patient in two "
+        "splits (%d patients)",
+        format_split_table(table),
+        splits["patient_id"].nunique(),
+    )
+
+
+def _cap_tiles_per_slide(tiles: pd.DataFrame, cap: int | None, seed: int) -> pd.DataFrame:
+    if cap is None:
+        return tiles
+    if cap < 1:
+        raise ConfigError(f"train.max_tiles_per_slide must be >= 1 or null, got {cap}")
+    parts = [
+        g if len(g) <= cap else g.sample(n=cap, random_state=seed)
+        for _, g in tiles.groupby("slide_id", sort=True)
+    ]
+    return pd.concat(parts).sort_index()
+
+
+def _load_normalizers(tiles_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    if cfg.stain.mode == "none":
+        return {}
+    try:
+        from her2scope.stain import load_normalizers
+    except ImportError as exc:
+        raise ConfigError(
+            f"stain.mode={cfg.stain.mode} needs her2scope.stain.load_normalizers ({exc}); "
+            "use stain.mode=none"
+        ) from None
+    return dict(load_normalizers(tiles_dir, cfg.stain))
+
+
+def _make_augment(cfg: RunConfig) -> Any:
+    """The stain module's training augmentation (flips/rot90, H-DAB jitter, brightness/contrast);
+    flips and rotations only when it is unavailable. Randomness comes from torch's global RNG,
+    which every epoch reseeds."""
+    try:
+        from her2scope.stain.augment import default_train_augment
+    except ImportError as exc:
+        log.warning("stain augmentation unavailable (%s); using flips and rotations only", exc)
+        return _flip_rot90
+    return default_train_augment()
+
+
+def _flip_rot90(x: torch.Tensor) -> torch.Tensor:
+    """Batch-wide random horizontal flip and 90° rotation on NCHW tiles."""
+    if torch.rand(()) < 0.5:
+        x = x.flip(3)
+    k = int(torch.randint(0, 4, ()))
+    return torch.rot90(x, k, dims=(2, 3)) if k else x
+
+
+def _make_optimizer(model: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=tcfg.lr, momentum=0.9, nesterov=True, weight_decay=tcfg.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+
+
+class WarmupCosine:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total`` steps."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, max(total, 1)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(1, self.total - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _resolve_precision(precision: str, dev: torch.device) -> str:
+    if dev.type != "cuda":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**31
+
+
+def _train_loader(ds: Any, tcfg: Any, seed: int, epoch: int, dist: Any, worker_init: Any) -> Any:
+    from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+    gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 0))
+    sampler: Any
+    if dist.distributed:
+        if tcfg.balance == "sampler":
+            raise ConfigError("train.balance=sampler is not supported with torchrun; use 'loss'")
+        sampler = DistributedSampler(
+            ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed
+        )
+        sampler.set_epoch(epoch)
+    elif tcfg.balance == "sampler":
+        counts = np.bincount(ds.labels, minlength=ds.labels.max() + 1).astype(np.float64)
+        weights = 1.0 / counts[ds.labels]
+        sampler = WeightedRandomSampler(weights.tolist(), len(ds), replacement=True, generator=gen)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=gen)
+    return DataLoader(
+        ds,
+        batch_size=tcfg.batch_size,
+        sampler=sampler,
+        num_workers=tcfg.workers,
+        worker_init_fn=worker_init,
+        generator=gen,
+        pin_memory=dist.device.type == "cuda",
+        persistent_workers=False,
+        drop_last=False,
+    )
+
+
+def _validate(
+    model: nn.Module,
+    ds: Any,
+    tcfg: Any,
+    dev: torch.device,
+    mean_t: torch.Tensor,
+    std_t: torch.Tensor,
+    channels_last: bool,
+    precision: str,
+    dist: Any,
+) -> dict[str, Any]:
+    """Validation loss and macro-AUC; each rank scores every world_size-th tile, rank 0 combines."""
+    from torch.utils.data import DataLoader, Subset
+
+    from her2scope.data.dataset import to_model_input
+    from her2scope.engine.distributed import all_gather_objects
+    from her2scope.engine.predict import autocast_context
+
+    if len(ds) == 0:
+        return {"loss": None, "auc": None}
+    idx = list(range(dist.rank, len(ds), dist.world_size))
+    loader = DataLoader(Subset(ds, idx), batch_size=tcfg.batch_size, num_workers=tcfg.workers)
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for xb, _ in loader:
+            x = to_model_input(xb.to(dev), mean_t, std_t, channels_last)
+            with autocast_context(dev, precision):
+                logits = model(x)
+            chunks.append(logits.float().cpu())
+    local = torch.cat(chunks) if chunks else torch.zeros(0)
+    parts = all_gather_objects(dist, (idx, local))
+    if not dist.is_main:
+        return {"loss": None, "auc": None}
+    logits = torch.zeros((len(ds), parts[0][1].shape[1]))
+    for ids, lg in parts:
+        logits[ids] = lg
+    y = torch.as_tensor(np.array(ds.labels, dtype=np.int64))
+    loss = float(nn.functional.cross_entropy(logits, y))
+    probs = torch.softmax(logits, 1).numpy()
+    return {"loss": loss, "auc": macro_auc(ds.labels, probs)}
+
+
+def macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
+    """One-vs-rest macro-AUC over all K classes; None when any class is absent from ``y``."""
+    from sklearn.metrics import roc_auc_score
+
+    k = probs.shape[1]
+    if len(np.unique(y)) < k:
+        return None
+    if k == 2:
+        return float(roc_auc_score(y, probs[:, 1]))
+    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+
+
+def _update_early_stopping(state: dict[str, Any], val: dict[str, Any], epoch: int) -> bool:
+    """Update best/bad-epoch counters; return whether this epoch is the new best.
+
+    Monitors val macro-AUC (higher is better) when available, else val loss (lower is better);
+    without validation every epoch counts as the best.
+    """
+    if val["auc"] is not None:
+        monitor, score = "val_macro_auc", val["auc"]
+    elif val["loss"] is not None:
+        monitor, score = "val_loss", -val["loss"]
+    else:
+        state.update(best=None, best_epoch=epoch, bad_epochs=0, monitor="none")
+        return True
+    if state["monitor"] not in ("", monitor):
+        raise Her2ScopeError(f"early stopping changed monitor from {state['monitor']} to {monitor}")
+    state["monitor"] = monitor
+    if state["best"] is None or score > state["best"]:
+        state.update(best=score, best_epoch=epoch, bad_epochs=0)
+        return True
+    state["bad_epochs"] += 1
+    return False
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

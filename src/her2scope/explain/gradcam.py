@@ -1,0 +1,103 @@
+"""Grad-CAM for every registry model, with the target layer and reshape from ``cam_target``.
+
+A small own implementation (forward hook + ``torch.autograd.grad``) rather than pytorch-grad-cam:
+it handles layers whose output is modified in place afterwards (DenseNet's final ReLU, the
+AlexNet/VGG in-place ReLUs) and Swin's channels-last ``[B, H, W, C]`` token maps, where the
+package's defaults need per-model workarounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def grad_cam(
+    model: nn.Module,
+    model_name: str,
+    x: torch.Tensor,
+    target: int | Sequence[int] | None = None,
+) -> np.ndarray:
+    """Grad-CAM maps ``[B, H, W]`` (float32 in [0, 1], the input's H × W) for input batch ``x``.
+
+    ``x`` is the model input ([B, 3, H, W], already normalised). ``target`` is the class explained
+    (one int for all, one per image, or ``None`` for each image's predicted class). Each map is
+    ReLU(Σ_c w_c A_c) upsampled bilinearly and divided by its maximum; a map with no positive
+    evidence stays all zeros. The model is run in eval mode and left in the mode it had.
+    """
+    from her2scope.models import cam_target, split_outputs
+
+    layer, reshape = cam_target(model, model_name)
+    return cam_for_layer(model, layer, x, target, reshape, split_outputs)
+
+
+def cam_for_layer(
+    model: nn.Module,
+    layer: nn.Module,
+    x: torch.Tensor,
+    target: int | Sequence[int] | None = None,
+    reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    split: Callable[[object], tuple[torch.Tensor, object]] | None = None,
+) -> np.ndarray:
+    """Grad-CAM on an explicit ``layer`` (see :func:`grad_cam`)."""
+    import torch
+    import torch.nn.functional as F
+
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+        store["act"] = out
+
+    was_training = model.training
+    model.eval()
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(False)
+            out = model(x)
+            logits = split(out)[0] if split is not None else out
+            b = logits.shape[0]
+            if target is None:
+                idx = logits.argmax(dim=1)
+            elif isinstance(target, int):
+                idx = torch.full((b,), int(target), dtype=torch.long, device=logits.device)
+            else:
+                idx = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
+                if idx.numel() != b:
+                    raise ValueError(f"{idx.numel()} targets for a batch of {b}")
+            if int(idx.min()) < 0 or int(idx.max()) >= logits.shape[1]:
+                raise ValueError(f"target class out of range 0..{logits.shape[1] - 1}")
+            act = store["act"]
+            score = logits.gather(1, idx.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(score, act)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    act, grad = act.detach(), grad.detach()
+    if reshape is not None:
+        act, grad = reshape(act), reshape(grad)
+    if act.ndim != 4:
+        raise ValueError(
+            f"CAM layer output must be [B, C, H, W] after reshape, got {tuple(act.shape)}"
+        )
+    weights = grad.float().mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * act.float()).sum(dim=1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    cam = torch.where(peak > 1e-12, cam / peak, torch.zeros_like(cam))
+    return cam.clamp_(0, 1).cpu().numpy().astype(np.float32)
+
+
+def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The tile (uint8 RGB) blended with the CAM in the 'jet' colormap; uint8 RGB of the tile's size."""
+    import matplotlib
+
+    heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255.0
+    out = (1 - alpha) * rgb.astype(np.float64) + alpha * heat
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)

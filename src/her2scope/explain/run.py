@@ -1,0 +1,235 @@
+"""``explain_run``: Grad-CAM gallery and stitched slide CAM maps for a trained run.
+
+Writes under ``<run_dir>/explain/`` (or ``out_dir``): ``gallery.png`` and ``gallery.html`` (the most
+confident tiles per class, correct and wrong, each beside its CAM overlay) and
+``slides/<slide_id>_cam.png`` (the stitched CAM map beside the expected-score heatmap).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from her2scope._progress import track
+from her2scope.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch import nn
+
+    from her2scope.engine.checkpoint import RunMeta
+
+log = logging.getLogger(__name__)
+
+
+def tile_cams(
+    model: nn.Module,
+    meta: RunMeta,
+    tiles_df: pd.DataFrame,
+    targets: np.ndarray,
+    normalizers: Mapping[str, Any] | None = None,
+    batch_size: int = 32,
+    device: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tiles uint8 [N, P, P, 3], CAMs float32 [N, P, P]) at the model's ``input_px`` P.
+
+    Tiles are read and normalised exactly as for prediction; ``targets`` [N] is the class explained
+    per tile.
+    """
+    import torch
+
+    from her2scope.data.dataset import TileDataset, to_model_input
+    from her2scope.engine.predict import resolve_device
+    from her2scope.explain.gradcam import grad_cam
+
+    dev = resolve_device(device)
+    model.to(dev)
+    ds = TileDataset(tiles_df.reset_index(drop=True), meta.input_px, normalizers)
+    mean = torch.tensor(meta.mean, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=dev).view(1, 3, 1, 1)
+    p = meta.input_px
+    rgbs = np.zeros((len(ds), p, p, 3), np.uint8)
+    cams = np.zeros((len(ds), p, p), np.float32)
+    starts = range(0, len(ds), batch_size)
+    for s in track(starts, "grad-cam", total=len(starts)):
+        idx = range(s, min(s + batch_size, len(ds)))
+        batch = np.stack([ds.read_rgb(i) for i in idx])
+        rgbs[s : s + len(batch)] = batch
+        xb = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev)
+        x = to_model_input(xb, mean, std)
+        cams[s : s + len(batch)] = grad_cam(
+            model, meta.model_name, x, [int(t) for t in targets[s : s + len(batch)]]
+        )
+    return rgbs, cams
+
+
+def _load_tiles(meta: RunMeta, run_dir: Path) -> tuple[pd.DataFrame, Path]:
+    import pandas as pd
+
+    cand = [Path(meta.tiles_dir), run_dir / meta.tiles_dir]
+    for d in cand:
+        if (d / "tiles.parquet").is_file():
+            return pd.read_parquet(d / "tiles.parquet"), d
+    raise ConfigError(
+        f"run '{run_dir}': its tiles table '{Path(meta.tiles_dir) / 'tiles.parquet'}' is missing; "
+        "re-create it with `her2scope tile` into that folder"
+    )
+
+
+def _normalizers(meta: RunMeta, tiles_dir: Path) -> Mapping[str, Any] | None:
+    if meta.config.stain.mode == "none":
+        return None
+    from her2scope.stain import load_normalizers
+
+    return load_normalizers(tiles_dir, meta.config.stain)
+
+
+def explain_run(
+    run_dir: str | Path,
+    slide: str | None = None,
+    split: str = "test",
+    n: int = 16,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+) -> Path:
+    """Explain the run's best model on one slide (``slide``) or on all slides of ``split``.
+
+    ``n`` is the number of tiles per (class, correct/wrong) group in the gallery. Returns the
+    output folder. Raises ``ConfigError`` when the slide or split has no tiles.
+    """
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.predict import predict_tiles, resolve_device
+    from her2scope.explain.gallery import pick_confident, write_gallery
+    from her2scope.explain.gradcam import overlay
+
+    run = Path(run_dir)
+    dev = resolve_device(device)
+    model, meta = load_run_model(run, "best", device=dev)
+    tiles, tiles_dir = _load_tiles(meta, run)
+    if slide is not None:
+        sel = tiles[tiles["slide_id"].astype(str) == slide]
+        if sel.empty:
+            some = ", ".join(sorted(tiles["slide_id"].astype(str).unique())[:8])
+            raise ConfigError(f"slide '{slide}' has no tiles in {tiles_dir} (slides: {some}, …)")
+        what = f"slide {slide}"
+    else:
+        import pandas as pd
+
+        splits_csv = run / "splits.csv"
+        if not splits_csv.is_file():
+            raise ConfigError(f"run '{run}' has no splits.csv; give --slide ID instead")
+        splits = pd.read_csv(splits_csv, dtype=str)
+        ids = set(splits.loc[splits["split"] == split, "slide_id"])
+        sel = tiles[tiles["slide_id"].astype(str).isin(ids)]
+        if sel.empty:
+            raise ConfigError(
+                f"split '{split}' of run '{run}' has no tiles; splits there: "
+                + ", ".join(sorted(splits["split"].unique()))
+            )
+        what = f"split {split}"
+    sel = sel.reset_index(drop=True)
+    out = Path(out_dir) if out_dir is not None else run / "explain"
+    norms = _normalizers(meta, tiles_dir)
+    classes = list(meta.classes)
+    probs = predict_tiles(model, meta, sel, norms, batch_size=batch_size, device=dev)
+    labels = np.array(
+        [
+            classes.index(str(v)) if str(v) in classes else -1
+            for v in sel.get("label", [""] * len(sel))
+        ]
+    )
+
+    # gallery
+    picked = pick_confident(probs, labels, n)
+    rows = np.concatenate([picked[k] for k in sorted(picked)]) if picked else np.zeros(0, int)
+    rgbs, cams = tile_cams(
+        model, meta, sel.iloc[rows], probs[rows].argmax(axis=1), norms, batch_size, dev
+    )
+    pos = {int(r): i for i, r in enumerate(rows)}
+    groups = []
+    for (k, correct), idx in sorted(picked.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        items = []
+        for r in idx:
+            i = pos[int(r)]
+            cap = f"{sel.at[int(r), 'slide_id']} p={probs[r, k]:.2f}"
+            if not correct:
+                cap += f" (true {classes[labels[r]]})"
+            items.append((rgbs[i], overlay(rgbs[i], cams[i]), cap))
+        groups.append((f"predicted {classes[k]} — {'correct' if correct else 'wrong'}", items))
+    synthetic = " [SYNTHETIC DATA]" if meta.config.synthetic else ""
+    write_gallery(
+        out / "gallery.png",
+        groups,
+        f"{meta.model_name}: most confident tiles, {what}{synthetic}",
+        html_path=out / "gallery.html",
+    )
+
+    # stitched slide maps
+    for sid, part in sel.groupby("slide_id", sort=True):
+        _slide_maps(
+            model, meta, part, probs[part.index.to_numpy()], norms, out, str(sid), batch_size, dev
+        )
+    log.info("explanations written to %s", out)
+    return out
+
+
+def _slide_maps(
+    model: nn.Module,
+    meta: RunMeta,
+    part: pd.DataFrame,
+    probs: np.ndarray,
+    norms: Mapping[str, Any] | None,
+    out: Path,
+    sid: str,
+    batch_size: int,
+    device: Any,
+) -> Path:
+    """Stitched CAM (for the slide's predicted class) beside the expected-score map, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from her2scope._io import atomic_path
+    from her2scope.explain.stitch import stitch_cams
+    from her2scope.scoring.heatmap import tile_value_map
+    from her2scope.slide.reader import open_slide
+
+    classes = list(meta.classes)
+    target = int(probs.mean(axis=0).argmax())
+    _, cams = tile_cams(model, meta, part, np.full(len(part), target), norms, batch_size, device)
+    row = part.iloc[0]
+    with open_slide(row["slide_path"], mpp=float(row.get("mpp", 0.5) or 0.5)) as s:
+        thumb = s.thumbnail(meta.config.explain.heatmap_max_px)
+        w0 = s.dimensions[0]
+        level_ds = np.asarray(s.level_downsamples, dtype=np.float64)
+    ds = w0 / thumb.shape[1]
+    xy = part[["x", "y"]].to_numpy(np.float64)
+    side = part["read_px"].to_numpy(np.float64) * level_ds[part["level"].to_numpy(int)]
+    cam_map = stitch_cams(cams, xy, side, thumb.shape[:2], ds)
+    score_map = tile_value_map(xy, side, probs @ np.arange(len(classes)), thumb.shape[:2], ds)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * thumb.shape[0] / thumb.shape[1] + 0.8))
+    for ax in axes:
+        ax.imshow(thumb)
+        ax.set_axis_off()
+    im0 = axes[0].imshow(np.ma.masked_invalid(cam_map), cmap="jet", vmin=0, vmax=1, alpha=0.5)
+    axes[0].set_title(f"Grad-CAM for class {classes[target]} (stitched)", fontsize=9)
+    fig.colorbar(im0, ax=axes[0], fraction=0.04)
+    im1 = axes[1].imshow(
+        np.ma.masked_invalid(score_map), cmap="RdYlBu_r", vmin=0, vmax=len(classes) - 1, alpha=0.55
+    )
+    axes[1].set_title("expected score per tile", fontsize=9)
+    cb = fig.colorbar(im1, ax=axes[1], fraction=0.04, ticks=list(range(len(classes))))
+    cb.ax.set_yticklabels(classes)
+    fig.suptitle(f"{sid} ({meta.model_name})" + (" [SYNTHETIC]" if meta.config.synthetic else ""))
+    fig.tight_layout()
+    path = out / "slides" / f"{sid}_cam.png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path

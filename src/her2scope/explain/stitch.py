@@ -1,0 +1,78 @@
+"""Stitch per-tile CAMs into one slide-level map at thumbnail resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stitch_cams(
+    cams: np.ndarray,
+    level0_xy: np.ndarray,
+    tile_level0_px: np.ndarray | float,
+    map_shape: tuple[int, int],
+    downsample: float,
+) -> np.ndarray:
+    """Place each tile's CAM ([N, h, w], values in [0, 1]) at its position in a ``map_shape`` map.
+
+    A map pixel covers ``downsample`` level-0 pixels; each CAM is resized (area averaging) to its
+    tile's footprint; overlaps are averaged; pixels no tile covers are NaN.
+    """
+    import cv2
+
+    cams = np.asarray(cams, dtype=np.float32)
+    xy = np.asarray(level0_xy, dtype=np.float64).reshape(-1, 2)
+    if cams.ndim != 3 or len(cams) != len(xy):
+        raise ValueError(f"need [N, h, w] CAMs for {len(xy)} tiles, got shape {cams.shape}")
+    side = np.broadcast_to(np.asarray(tile_level0_px, dtype=np.float64), (len(xy),))
+    h, w = map_shape
+    acc = np.zeros((h, w), dtype=np.float64)
+    cnt = np.zeros((h, w), dtype=np.float64)
+    for cam, (x, y), s in zip(cams, xy, side, strict=True):
+        c0, r0 = round(float(x) / downsample), round(float(y) / downsample)
+        size = max(round(float(s) / downsample), 1)
+        patch = cv2.resize(cam, (size, size), interpolation=cv2.INTER_AREA)
+        rr0, cc0 = max(r0, 0), max(c0, 0)
+        rr1, cc1 = min(r0 + size, h), min(c0 + size, w)
+        if rr1 <= rr0 or cc1 <= cc0:
+            continue
+        acc[rr0:rr1, cc0:cc1] += patch[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+        cnt[rr0:rr1, cc0:cc1] += 1
+    out = np.full((h, w), np.nan)
+    np.divide(acc, cnt, out=out, where=cnt > 0)
+    return out
+
+
+def mean_cam_by_label(
+    cams: np.ndarray,
+    level0_xy: np.ndarray,
+    tile_level0_px: np.ndarray | float,
+    label_mask: np.ndarray,
+    labels: dict[str, tuple[int, ...]],
+) -> dict[str, float]:
+    """Mean CAM value over the pixels of each label group, pooled over tiles.
+
+    ``label_mask`` is a level-0 label image (rows, cols) of the slide; each tile's CAM is resized
+    to its level-0 footprint and compared with the mask there. ``labels`` maps a group name to the
+    label values in it, e.g. ``{"membrane": (3,), "stroma/glass": (0, 1)}``. A group with no
+    pixel gives NaN.
+    """
+    import cv2
+
+    cams = np.asarray(cams, dtype=np.float32)
+    xy = np.asarray(level0_xy, dtype=np.int64).reshape(-1, 2)
+    side = np.broadcast_to(np.asarray(tile_level0_px, dtype=np.float64), (len(xy),))
+    sums = dict.fromkeys(labels, 0.0)
+    counts = dict.fromkeys(labels, 0)
+    h, w = label_mask.shape[:2]
+    for cam, (x, y), s in zip(cams, xy, side, strict=True):
+        s_i = round(float(s))
+        x1, y1 = min(x + s_i, w), min(y + s_i, h)
+        if x1 <= x or y1 <= y:
+            continue
+        full = cv2.resize(cam, (s_i, s_i), interpolation=cv2.INTER_LINEAR)[: y1 - y, : x1 - x]
+        lab = label_mask[y:y1, x:x1]
+        for name, values in labels.items():
+            sel = np.isin(lab, values)
+            sums[name] += float(full[sel].sum())
+            counts[name] += int(sel.sum())
+    return {k: (sums[k] / counts[k] if counts[k] else float("nan")) for k in labels}

@@ -1,0 +1,322 @@
+"""Score new slides with a trained run: tile as in training, normalise, predict, aggregate, write.
+
+Per slide (``out_dir``): ``<slide_id>.json`` (score, probabilities, tile percentages, uncertainty,
+reflex-FISH flag, provenance), ``<slide_id>_heatmap.png`` and ``<slide_id>.geojson`` (QuPath
+detections). Per call: ``summary.csv`` (``summary.shard-<i>-of-<n>.csv`` when sharded).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from her2scope._io import write_json, write_with
+from her2scope._progress import track
+from her2scope.errors import ConfigError, Her2ScopeError
+from her2scope.scoring.reflex import reflex_fish, slide_uncertainty
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+NOT_A_DEVICE = (
+    "Research software, not a medical device: a HER2 score from her2scope must not be used for "
+    "diagnosis or treatment decisions without review by a pathologist."
+)
+
+
+@dataclass
+class ScoreReport:
+    """What :func:`score_slides` did: one summary row per slide and the failures."""
+
+    summary: pd.DataFrame
+    summary_path: Path
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (slide path, message)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n`` (0-based, like a job array index)."""
+    try:
+        i_s, n_s = text.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ConfigError(f"--shard '{text}' must look like i/n, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard '{text}': need 0 <= i < n (i is 0-based)")
+    return i, n
+
+
+def slide_id_of(path: str | Path) -> str:
+    """Slide id = file name without its extension (``.ome.tif`` counts as one extension)."""
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+def aggregate_tiles(
+    probs: np.ndarray, classes: Sequence[str], rule: str, percent_threshold: float
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """(slide probabilities, slide score, % of tiles predicted per class) from tile probabilities.
+
+    Slide probabilities are the mean tile probabilities under every rule. The score is their
+    argmax (``mean``), the most frequent tile prediction (``majority``, ties to the higher mean
+    probability), or the highest class predicted for at least ``percent_threshold`` % of tiles
+    (``percent``; falls back to ``majority`` when none reaches it).
+    """
+    k = len(classes)
+    if probs.ndim != 2 or probs.shape[1] != k or len(probs) == 0:
+        raise ValueError(f"need [N>0, {k}] tile probabilities, got {probs.shape}")
+    mean = probs.mean(axis=0)
+    counts = np.bincount(probs.argmax(axis=1), minlength=k)
+    percent = 100.0 * counts / len(probs)
+    if rule == "mean":
+        idx = int(np.argmax(mean))
+    elif rule in ("majority", "percent"):
+        order = np.lexsort((mean, counts))  # by count, then mean probability
+        idx = int(order[-1])
+        if rule == "percent":
+            reached = np.flatnonzero(percent >= percent_threshold)
+            if reached.size:
+                idx = int(reached.max())
+    else:
+        raise ConfigError(f"unknown aggregation rule '{rule}'; use mean, majority or percent")
+    return mean, classes[idx], percent
+
+
+def _resolve_roi(rois: str | Path | None, slide: Path, n_slides: int) -> Path | None:
+    if rois is None:
+        return None
+    from her2scope.slide.rois import find_roi_file
+
+    rois = Path(rois)
+    if rois.is_dir():
+        found = find_roi_file(rois, slide_id_of(slide))
+        if found is None:
+            log.warning("no ROI file for %s in %s; tiling the detected tissue", slide.name, rois)
+        return found
+    if not rois.is_file():
+        raise ConfigError(f"--roi '{rois}' is neither a file nor a folder")
+    if n_slides > 1:
+        raise ConfigError(
+            f"--roi '{rois}' is one file but {n_slides} slides were given; give a folder of "
+            "<slide_id>.geojson/.xml files instead"
+        )
+    return rois
+
+
+def _fit_normalizer(cfg: Any, tiles_df: pd.DataFrame, input_px: int) -> Any:
+    """A stain normaliser fitted on this slide's own tiles (as training did), or None."""
+    if cfg.stain.mode == "none":
+        return None
+    try:
+        from her2scope.stain import StainNormalizer
+    except ImportError as exc:  # pragma: no cover - depends on the stain stage being installed
+        raise Her2ScopeError(f"stain normalisation '{cfg.stain.mode}' unavailable: {exc}") from None
+    from her2scope.data.dataset import TileDataset
+
+    n = min(len(tiles_df), int(cfg.stain.fit_tiles))
+    pick = np.linspace(0, len(tiles_df) - 1, n).round().astype(int)
+    ds = TileDataset(tiles_df.iloc[pick].reset_index(drop=True), input_px)
+    images = [ds.read_rgb(i) for i in range(len(ds))]
+    norm = StainNormalizer(mode=cfg.stain.mode, reference=cfg.stain.reference)
+    fitted = norm.fit(images)
+    return fitted if fitted is not None else norm
+
+
+def score_slides(
+    slides: Sequence[str | Path],
+    run_dir: str | Path,
+    out_dir: str | Path,
+    rois: str | Path | None = None,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    mpp: float | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+) -> ScoreReport:
+    """Score ``slides`` with the best checkpoint of ``run_dir``; write results to ``out_dir``.
+
+    ``rois`` is one ROI file (one slide) or a folder of ``<slide_id>.<geojson|json|xml>``.
+    ``shard=(i, n)`` keeps every n-th slide starting at i (0-based). ``mpp`` (level-0 µm/px) is
+    used for slides whose file has none. A slide that fails is logged and listed in the summary
+    (``status=failed``, ``error``); the others go on.
+    """
+    import pandas as pd
+
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.predict import resolve_device
+
+    paths = [Path(s) for s in slides]
+    if not paths:
+        raise ConfigError("no slides given")
+    ids = [slide_id_of(p) for p in paths]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ConfigError(f"slide ids must be unique, repeated: {', '.join(dupes)}")
+    if shard is not None:
+        i, n = shard
+        if n < 1 or not 0 <= i < n:
+            raise ConfigError(f"shard {i}/{n}: need 0 <= i < n")
+        paths = paths[i::n]
+    if rois is not None and Path(rois).is_file() and len(slides) > 1:
+        raise ConfigError(
+            f"--roi '{rois}' is one file but {len(slides)} slides were given; give a folder of "
+            "<slide_id>.geojson/.xml files instead"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    model, meta = load_run_model(run_dir, "best", device=dev)
+    rows: list[dict[str, Any]] = []
+    failures: list[tuple[str, str]] = []
+    for path in track(paths, "score slides"):
+        sid = slide_id_of(path)
+        try:
+            roi = _resolve_roi(rois, path, len(slides))
+            result = _score_one(path, sid, roi, model, meta, out, workers, mpp, dev, batch_size)
+            rows.append(
+                {"slide_id": sid, "slide_path": str(path), "status": "ok", **result, "error": ""}
+            )
+        except Exception as exc:  # one slide must not stop the cohort
+            msg = str(exc) if isinstance(exc, Her2ScopeError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, Her2ScopeError):
+                log.debug("slide %s failed:\n%s", path, traceback.format_exc())
+            log.error("slide %s failed: %s", path, msg)
+            failures.append((str(path), msg))
+            rows.append(
+                {"slide_id": sid, "slide_path": str(path), "status": "failed", "error": msg}
+            )
+    cols = [
+        "slide_id",
+        "slide_path",
+        "status",
+        "score",
+        *[f"prob_{c}" for c in meta.classes],
+        "n_tiles",
+        "uncertainty",
+        "reflex_fish",
+        "error",
+    ]
+    summary = pd.DataFrame(rows).reindex(columns=cols)
+    name = "summary.csv" if shard is None else f"summary.shard-{shard[0]}-of-{shard[1]}.csv"
+    summary_path = out / name
+    write_with(summary_path, lambda p: summary.to_csv(p, index=False))
+    return ScoreReport(summary=summary, summary_path=summary_path, failures=failures)
+
+
+def _score_one(
+    path: Path,
+    sid: str,
+    roi_path: Path | None,
+    model: Any,
+    meta: Any,
+    out: Path,
+    workers: int,
+    mpp: float | None,
+    device: Any,
+    batch_size: int,
+) -> dict[str, Any]:
+    from her2scope import __version__
+    from her2scope.config import to_dict
+    from her2scope.engine.predict import predict_tiles
+    from her2scope.report.qupath import write_qupath_geojson
+    from her2scope.scoring.heatmap import draw_heatmap, tile_value_map
+    from her2scope.slide.reader import open_slide
+    from her2scope.slide.rois import load_rois
+    from her2scope.tiling import tile_slide
+
+    cfg = meta.config
+    classes = tuple(meta.classes)
+    tiles, sidecar = tile_slide(path, sid, cfg.tiling, roi_path=roi_path, mpp=mpp, workers=workers)
+    if len(tiles) == 0:
+        raise Her2ScopeError(
+            f"slide '{path}': no tiles kept ({sidecar.get('n_dropped_white', 0)} mostly white, "
+            f"{sidecar.get('n_dropped_roi', 0)} outside the ROI); check the ROI file and the "
+            "tiling settings of the run"
+        )
+    norm = _fit_normalizer(cfg, tiles, meta.input_px)
+    probs = predict_tiles(
+        model,
+        meta,
+        tiles,
+        {sid: norm} if norm is not None else None,
+        batch_size=batch_size,
+        device=device,
+    )
+    slide_p, score, percent = aggregate_tiles(
+        probs, classes, cfg.evaluate.aggregate, cfg.evaluate.percent_threshold
+    )
+    prob_map = {c: float(p) for c, p in zip(classes, slide_p, strict=True)}
+    reflex = reflex_fish(prob_map, score, cfg.evaluate.reflex_uncertainty)
+    uncertainty = slide_uncertainty(slide_p)
+
+    with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
+        thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
+        w0, _ = slide.dimensions
+        level_ds = np.asarray(slide.level_downsamples, dtype=np.float64)
+    downsample = w0 / thumb.shape[1]
+    xy = tiles[["x", "y"]].to_numpy(dtype=np.float64)
+    side = tiles["read_px"].to_numpy(np.float64) * level_ds[tiles["level"].to_numpy(int)]
+    expected = probs @ np.arange(len(classes), dtype=np.float64)
+    vmap = tile_value_map(xy, side, expected, thumb.shape[:2], downsample)
+    roi_geom = load_rois(roi_path, cfg.tiling.roi_classes) if roi_path is not None else None
+    heatmap_path = draw_heatmap(
+        out / f"{sid}_heatmap.png",
+        thumb,
+        vmap,
+        downsample,
+        classes,
+        title=f"{sid}: HER2 {score} (expected score per tile; {meta.model_name})",
+        roi=roi_geom,
+    )
+    geojson_path = write_qupath_geojson(out / f"{sid}.geojson", xy, side, probs, classes)
+    doc = {
+        "slide_id": sid,
+        "slide_path": str(path),
+        "score": score,
+        "probabilities": prob_map,
+        "tile_percent": {c: round(float(p), 4) for c, p in zip(classes, percent, strict=True)},
+        "n_tiles": len(tiles),
+        "uncertainty": round(uncertainty, 6),
+        "uncertainty_measure": "normalised entropy of the slide probabilities (0 certain, 1 uniform)",
+        "reflex_fish": {"flag": bool(reflex["flag"]), "reason": str(reflex["reason"])},
+        "aggregate_rule": cfg.evaluate.aggregate,
+        "roi_path": str(roi_path) if roi_path is not None else None,
+        "outputs": {"heatmap": heatmap_path.name, "qupath_geojson": geojson_path.name},
+        "provenance": {
+            "model_name": meta.model_name,
+            "classes": list(classes),
+            "run_dir": str(Path(meta.run_dir).resolve()) if meta.run_dir else "",
+            "checkpoint": meta.checkpoint,
+            "epoch": meta.epoch,
+            "input_px": meta.input_px,
+            "tiling": to_dict(cfg.tiling),
+            "stain_mode": cfg.stain.mode,
+            "synthetic_training_data": bool(cfg.synthetic),
+            "her2scope_version": __version__,
+            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        },
+        "note": NOT_A_DEVICE,
+    }
+    write_json(out / f"{sid}.json", doc)
+    return {
+        "score": score,
+        **{f"prob_{c}": prob_map[c] for c in classes},
+        "n_tiles": len(tiles),
+        "uncertainty": uncertainty,
+        "reflex_fish": bool(reflex["flag"]),
+    }

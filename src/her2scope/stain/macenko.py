@@ -1,0 +1,416 @@
+"""IHC-aware Macenko stain normalisation: numpy reference (no torch import here).
+
+Frames and units: images are RGB uint8; optical density (OD) is ``-ln((I + 1) / io)`` per channel
+(``io`` = 240, Macenko 2009 / torchstain); stain vectors are unit OD vectors, rows ``[H, DAB]``;
+concentrations are OD along those unit vectors.
+
+One algorithm: :meth:`StainNormalizer.fit` estimates the slide's stain matrix and 99th-percentile
+concentrations; the normalisation itself is then one 3×3 linear map in OD space
+(:meth:`StainNormalizer.od_matrix`), applied by :meth:`StainNormalizer.transform` in numpy or, for
+NCHW torch tensors, by :mod:`her2scope.stain._torch` with the same matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from her2scope.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["preserve_dab", "standard"]
+MODES: tuple[str, ...] = ("preserve_dab", "standard")
+
+# Ruifrok & Johnston 2001 hematoxylin and DAB OD vectors (as in skimage.color.hdx_from_rgb):
+# used only to order the two vectors found by fit_reference.
+RUIFROK_H_DAB = np.array([[0.650, 0.704, 0.286], [0.268, 0.570, 0.776]])
+RUIFROK_H_DAB = RUIFROK_H_DAB / np.linalg.norm(RUIFROK_H_DAB, axis=1, keepdims=True)
+
+MAX_FIT_PX = 1 << 22  # pixels pooled by one fit; larger inputs are subsampled (fixed seed)
+MIN_TISSUE_PX = 500  # fewer tissue pixels than this: no fit (passthrough)
+MIN_TISSUE_FRAC = 0.02  # nor with less than this fraction of the pixels being tissue
+MIN_STAIN_ANGLE_DEG = 3.0  # two estimated vectors closer than this: one stain only (no fit)
+
+
+@dataclass(frozen=True)
+class StainReference:
+    """Target appearance: unit OD vectors (rows H, DAB) and 99th-percentile concentrations."""
+
+    stain_matrix: np.ndarray  # (2, 3)
+    max_conc: np.ndarray  # (2,) H, DAB
+    name: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "stain_matrix": np.asarray(self.stain_matrix, float).round(6).tolist(),
+            "max_conc": np.asarray(self.max_conc, float).round(6).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "reference") -> StainReference:
+        try:
+            m = np.asarray(d["stain_matrix"], dtype=float)
+            c = np.asarray(d["max_conc"], dtype=float)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"stain {source}: needs 'stain_matrix' (2x3) and 'max_conc' (2 numbers): {exc}"
+            ) from None
+        if (
+            m.shape != (2, 3)
+            or c.shape != (2,)
+            or not (np.isfinite(m).all() and np.isfinite(c).all())
+        ):
+            raise ConfigError(
+                f"stain {source}: stain_matrix must be 2x3 and max_conc 2 finite numbers, "
+                f"got shapes {m.shape} and {c.shape}"
+            )
+        if (c <= 0).any() or (np.linalg.norm(m, axis=1) == 0).any():
+            raise ConfigError(f"stain {source}: max_conc must be > 0 and vectors non-zero")
+        m = m / np.linalg.norm(m, axis=1, keepdims=True)
+        return cls(m, c, str(d.get("name", "custom")))
+
+
+def default_reference() -> StainReference:
+    """The packaged reference (``resources/stain_reference.json``; see docs/stain.md)."""
+    text = resources.files("her2scope").joinpath("resources/stain_reference.json").read_text()
+    return StainReference.from_dict(json.loads(text), "packaged reference")
+
+
+def load_reference(ref: StainReference | dict | str | Path | None) -> StainReference:
+    """A reference from an object, a dict, a JSON file written by :func:`save_reference`, or None."""
+    if ref is None:
+        return default_reference()
+    if isinstance(ref, StainReference):
+        return ref
+    if isinstance(ref, dict):
+        return StainReference.from_dict(ref)
+    path = Path(ref)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"stain reference '{path}': cannot read it ({exc}); write one with fit_reference"
+        ) from None
+    return StainReference.from_dict(d, f"reference '{path}'")
+
+
+def save_reference(ref: StainReference, path: str | Path) -> None:
+    from her2scope._io import write_json
+
+    write_json(path, ref.to_dict())
+
+
+def od_lut(io: float) -> np.ndarray:
+    """OD of every uint8 value: ``-ln((v + 1) / io)`` (float64, 256 entries)."""
+    return -np.log((np.arange(256, dtype=np.float64) + 1.0) / io)
+
+
+def _max_tissue_value(lut: np.ndarray, beta: float) -> int:
+    below = np.nonzero(lut >= beta)[0]
+    return int(below[-1]) if len(below) else -1
+
+
+def _as_images(images: Any) -> list[np.ndarray]:
+    if isinstance(images, np.ndarray):
+        arrs = [images] if images.ndim == 3 else list(images)
+    else:
+        arrs = [np.asarray(a) for a in images]
+    for a in arrs:
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != 3:
+            raise ValueError(
+                f"stain fit: expected HWC uint8 RGB images, got {a.dtype} array of shape {a.shape}"
+            )
+    return arrs
+
+
+def _pool_pixels(arrs: list[np.ndarray], max_px: int, seed: int = 0) -> np.ndarray:
+    """All pixels (N, 3) uint8, or a fixed-seed sample of ``max_px`` spread over the images."""
+    total = sum(a.shape[0] * a.shape[1] for a in arrs)
+    if total <= max_px:
+        return np.concatenate([a.reshape(-1, 3) for a in arrs])
+    rng = np.random.default_rng(seed)
+    parts = []
+    for a in arrs:
+        flat = a.reshape(-1, 3)
+        k = max(1, round(len(flat) * max_px / total))
+        parts.append(flat[rng.choice(len(flat), size=min(k, len(flat)), replace=False)])
+    return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class StainFit:
+    """Result of estimating stains on pooled pixels; ``stain_matrix`` is None when no fit."""
+
+    stain_matrix: np.ndarray | None  # (2, 3) rows H, DAB
+    max_conc: np.ndarray | None  # (2,)
+    n_px: int
+    n_tissue_px: int
+    reason: str = ""  # why there is no fit
+
+
+def estimate_stains(
+    px: np.ndarray,
+    order_by: np.ndarray,
+    io: float = 240.0,
+    alpha: float = 1.0,
+    beta: float = 0.15,
+    min_tissue_px: int = MIN_TISSUE_PX,
+) -> StainFit:
+    """Macenko 2009 on pixels ``px`` (N, 3) uint8; vectors ordered by matching ``order_by`` (2, 3).
+
+    Tissue = pixels with OD ≥ ``beta`` in every channel; a fit needs ``min_tissue_px`` of them and
+    at least ``MIN_TISSUE_FRAC`` of all pixels. Never raises on bad content: too little tissue, one
+    stain only, vectors that do not match the reference H and DAB (pen ink, no DAB) or non-finite
+    maths give a fit with ``stain_matrix=None`` and a reason.
+    """
+    lut = od_lut(io)
+    od = lut.astype(np.float32)[px]  # (N, 3); float32 for the all-pixel pass, float64 below
+    # OD ≥ beta in every channel ⇔ the brightest channel is at most the last uint8 value whose OD ≥ beta
+    brightest = np.maximum(np.maximum(px[:, 0], px[:, 1]), px[:, 2])
+    tissue = lut[px[brightest <= _max_tissue_value(lut, beta)]]  # float64
+    n_tissue = len(tissue)
+    need = max(min_tissue_px, int(np.ceil(MIN_TISSUE_FRAC * len(px))))
+    if n_tissue < need:
+        return StainFit(
+            None,
+            None,
+            len(px),
+            n_tissue,
+            f"too little tissue ({n_tissue} of {len(px)} px < {need})",
+        )
+    centred = tissue - tissue.mean(axis=0)
+    cov = centred.T @ centred / (n_tissue - 1)
+    if not np.isfinite(cov).all():
+        return StainFit(None, None, len(px), n_tissue, "non-finite OD covariance")
+    try:
+        _, vecs = np.linalg.eigh(cov)
+    except np.linalg.LinAlgError as exc:
+        return StainFit(None, None, len(px), n_tissue, f"eigen decomposition failed: {exc}")
+    plane = vecs[:, 1:3]
+    proj = tissue @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, alpha), np.percentile(phi, 100 - alpha)
+    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
+    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    angle = np.degrees(np.arccos(np.clip(abs(v1 @ v2), 0.0, 1.0)))
+    if not np.isfinite(angle) or angle < MIN_STAIN_ANGLE_DEG:
+        return StainFit(None, None, len(px), n_tissue, f"one stain only ({angle:.1f}° apart)")
+    # Order by matching the reference H and DAB vectors (not the H&E "larger red OD" rule).
+    straight = v1 @ order_by[0] + v2 @ order_by[1]
+    crossed = v2 @ order_by[0] + v1 @ order_by[1]
+    m = np.stack([v1, v2] if straight >= crossed else [v2, v1])
+    sim = m @ order_by.T  # sim[i, j]: fitted stain i vs reference stain j
+    if sim[0, 0] <= sim[0, 1] or sim[1, 1] <= sim[1, 0]:
+        # e.g. pen ink, or a slide with no DAB: both vectors look like one reference stain
+        return StainFit(None, None, len(px), n_tissue, "vectors do not match reference H and DAB")
+    conc = np.linalg.pinv(m.T).astype(np.float32) @ od.T  # (2, N) least squares, all pixels
+    max_conc = np.percentile(conc, 99, axis=1).astype(np.float64)
+    if not (np.isfinite(m).all() and np.isfinite(max_conc).all()):
+        return StainFit(None, None, len(px), n_tissue, "non-finite stain estimate")
+    return StainFit(m, max_conc, len(px), n_tissue)
+
+
+def fit_reference(images: Any, name: str = "custom") -> StainReference:
+    """A lab's own target from one HWC uint8 image or several (pooled).
+
+    Raises :class:`ConfigError` when the images hold too little tissue or only one stain.
+    """
+    arrs = _as_images(images)
+    fit = estimate_stains(_pool_pixels(arrs, MAX_FIT_PX), RUIFROK_H_DAB)
+    if fit.stain_matrix is None or fit.max_conc is None or (fit.max_conc <= 0).any():
+        raise ConfigError(f"fit_reference: cannot estimate H and DAB ({fit.reason or 'max ≤ 0'})")
+    return StainReference(fit.stain_matrix, fit.max_conc, name)
+
+
+class StainNormalizer:
+    """Macenko normaliser for H + DAB IHC.
+
+    ``mode="preserve_dab"`` (default): the slide's H and DAB vectors are mapped onto the reference
+    vectors, hematoxylin is rescaled to the reference maximum, DAB concentration is kept (absolute
+    OD). ``mode="standard"``: classic Macenko, both stains rescaled (as torchstain).
+
+    After ``fit``, :attr:`passthrough` is True when the images had too little tissue or one stain
+    only; ``transform`` then returns its input unchanged. An unfitted normaliser raises.
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "preserve_dab",
+        reference: StainReference | dict | str | Path | None = None,
+        io: float = 240.0,
+        alpha: float = 1.0,
+        beta: float = 0.15,
+        min_tissue_px: int = MIN_TISSUE_PX,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"stain mode must be one of {', '.join(MODES)}; got {mode!r}")
+        self.mode: Mode = mode
+        self.reference = load_reference(reference)
+        self.io, self.alpha, self.beta = float(io), float(alpha), float(beta)
+        self.min_tissue_px = int(min_tissue_px)
+        self._matrix: np.ndarray | None = None
+        self._max_conc: np.ndarray | None = None
+        self.passthrough = False
+        self.reason = ""
+        self.n_tissue_px = 0
+        self._fitted = False
+        self._od_matrix: np.ndarray | None = None
+
+    # ----------------------------------------------------------------- estimation
+    def fit(self, images: Any) -> StainNormalizer:
+        """Estimate stains from one HWC uint8 image or a sequence/NHWC array pooled together."""
+        arrs = _as_images(images)
+        fit = estimate_stains(
+            _pool_pixels(arrs, MAX_FIT_PX),
+            self.reference.stain_matrix,
+            self.io,
+            self.alpha,
+            self.beta,
+            self.min_tissue_px,
+        )
+        self.n_tissue_px = fit.n_tissue_px
+        self._set(fit.stain_matrix, fit.max_conc, fit.reason)
+        return self
+
+    def _set(self, matrix: np.ndarray | None, max_conc: np.ndarray | None, reason: str) -> None:
+        self._fitted = True
+        self._matrix, self._max_conc, self.reason = matrix, max_conc, reason
+        self.passthrough = matrix is None
+        if matrix is not None and max_conc is not None:
+            needed = max_conc[:1] if self.mode == "preserve_dab" else max_conc
+            if (needed <= 1e-6).any():
+                self.passthrough, self.reason = True, f"stain maximum ≤ 0 ({max_conc.tolist()})"
+        if self.passthrough:
+            log.debug("stain fit: passthrough (%s)", self.reason)
+        self._od_matrix = None if self.passthrough else self._build_od_matrix()
+
+    @property
+    def stain_matrix(self) -> np.ndarray | None:
+        """Fitted unit OD vectors, shape (2, 3), rows hematoxylin and DAB; None if passthrough."""
+        self._check_fitted()
+        return None if self._matrix is None else self._matrix.copy()
+
+    @property
+    def max_conc(self) -> np.ndarray | None:
+        """Fitted 99th-percentile concentrations (H, DAB) in OD units; None if passthrough."""
+        self._check_fitted()
+        return None if self._max_conc is None else self._max_conc.copy()
+
+    def _check_fitted(self) -> None:
+        if not self._fitted:
+            raise RuntimeError("StainNormalizer: call fit() (or from_dict()) before using it")
+
+    def _build_od_matrix(self) -> np.ndarray:
+        assert self._matrix is not None and self._max_conc is not None
+        ref = self.reference
+        scale = ref.max_conc / self._max_conc
+        if self.mode == "preserve_dab":
+            scale = np.array([scale[0], 1.0])
+        # OD_out = R^T · diag(scale) · pinv(S^T) · OD_in
+        return ref.stain_matrix.T @ np.diag(scale) @ np.linalg.pinv(self._matrix.T)
+
+    def od_matrix(self) -> np.ndarray | None:
+        """The 3×3 map applied to OD column vectors (float64); None for passthrough."""
+        self._check_fitted()
+        return None if self._od_matrix is None else self._od_matrix.copy()
+
+    # ---------------------------------------------------------------- application
+    def transform(self, x: Any) -> Any:
+        """Normalise an HWC / NHWC uint8 numpy array or an NCHW uint8 torch tensor.
+
+        Returns the same type, shape and dtype; passthrough returns an unchanged copy.
+        """
+        self._check_fitted()
+        if type(x).__module__.startswith("torch"):
+            from her2scope.stain._torch import transform_nchw
+
+            return transform_nchw(x, self._od_matrix, self.io)
+        arr = np.asarray(x)
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+            raise ValueError(
+                f"stain transform: expected HWC or NHWC uint8 RGB, got {arr.dtype} {arr.shape}"
+            )
+        if self._od_matrix is None:
+            return arr.copy()
+        return apply_od_matrix(arr, self._od_matrix, self.io)
+
+    # ------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready parameters (the ``stain`` object of a slide sidecar, without counts)."""
+        self._check_fitted()
+        return {
+            "mode": self.mode,
+            "passthrough": self.passthrough,
+            "reason": self.reason,
+            "stain_matrix": None if self._matrix is None else self._matrix.round(8).tolist(),
+            "max_conc": None if self._max_conc is None else self._max_conc.round(8).tolist(),
+            "n_tissue_px": int(self.n_tissue_px),
+            "io": self.io,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "reference": self.reference.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(
+        cls,
+        d: dict[str, Any],
+        mode: Mode | None = None,
+        reference: StainReference | dict | str | Path | None = None,
+    ) -> StainNormalizer:
+        """Rebuild from :meth:`to_dict`; ``mode`` / ``reference`` override the stored ones."""
+        try:
+            ref = reference if reference is not None else d.get("reference")
+            norm = cls(
+                mode=mode or d["mode"],
+                reference=ref,
+                io=d.get("io", 240.0),
+                alpha=d.get("alpha", 1.0),
+                beta=d.get("beta", 0.15),
+            )
+            matrix = None if d.get("stain_matrix") is None else np.asarray(d["stain_matrix"], float)
+            conc = None if d.get("max_conc") is None else np.asarray(d["max_conc"], float)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"stain parameters: malformed ({exc!r}); re-run `stain fit`"
+            ) from None
+        if matrix is not None and (matrix.shape != (2, 3) or conc is None or conc.shape != (2,)):
+            raise ConfigError("stain parameters: stain_matrix must be 2x3 and max_conc 2 numbers")
+        norm.n_tissue_px = int(d.get("n_tissue_px", 0))
+        norm._set(matrix, conc, str(d.get("reason", "")))
+        return norm
+
+    def __repr__(self) -> str:
+        state = (
+            "unfitted" if not self._fitted else ("passthrough" if self.passthrough else "fitted")
+        )
+        return f"StainNormalizer(mode={self.mode!r}, {state})"
+
+
+def apply_od_matrix(arr: np.ndarray, od_matrix: np.ndarray, io: float) -> np.ndarray:
+    """``io·exp(-M·OD)`` per pixel, rounded and clipped to uint8 (float32 maths)."""
+    lut = od_lut(io).astype(np.float32)
+    od = lut[arr]  # (..., 3)
+    out_od = od @ od_matrix.T.astype(np.float32)
+    np.negative(out_od, out=out_od)
+    np.exp(out_od, out=out_od)
+    out_od *= np.float32(io)
+    np.clip(out_od, 0.0, 255.0, out=out_od)
+    return np.rint(out_od, out=out_od).astype(np.uint8)
+
+
+def stain_channels(norm: StainNormalizer, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """H and DAB concentration maps (OD units, float32) of ``rgb`` under the fitted vectors."""
+    m = norm.stain_matrix if norm.stain_matrix is not None else norm.reference.stain_matrix
+    od = od_lut(norm.io)[rgb].reshape(-1, 3)
+    conc = od @ np.linalg.pinv(m.T).T
+    h, w = rgb.shape[:2]
+    return conc[:, 0].reshape(h, w).astype(np.float32), conc[:, 1].reshape(h, w).astype(np.float32)

@@ -1,0 +1,187 @@
+"""Per-slide stain fitting from the tile table, and loading the fitted normalisers back.
+
+``fit_stains`` reads ``tiles_dir/tiles.parquet``, samples ``cfg.fit_tiles`` tiles per slide, pools
+their pixels into one Macenko fit and stores ``StainNormalizer.to_dict()`` plus counts under the key
+``stain`` of ``tiles_dir/slides/<slide_id>.json`` (other keys kept). No torch import here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2scope._io import write_json
+from her2scope._progress import track
+from her2scope.errors import ConfigError, Her2ScopeError
+from her2scope.stain.config import StainConfig
+from her2scope.stain.macenko import StainNormalizer, load_reference, od_lut
+
+log = logging.getLogger(__name__)
+
+LOW_TISSUE_FRAC = 0.05  # a sampled tile with fewer tissue pixels than this is counted as a fallback
+
+
+def _read_table(tiles_dir: Path) -> Any:
+    import pandas as pd
+
+    path = tiles_dir / "tiles.parquet"
+    if not path.is_file():
+        raise ConfigError(f"'{path}' not found; run `her2scope tile` first")
+    return pd.read_parquet(path)
+
+
+def tissue_fraction(rgb: np.ndarray, io: float = 240.0, beta: float = 0.15) -> float:
+    """Fraction of pixels with OD ≥ ``beta`` in every channel (the pixels a Macenko fit uses)."""
+    od = od_lut(io)
+    thr = int(np.nonzero(od >= beta)[0][-1])
+    return float((rgb.reshape(-1, 3).max(axis=1) <= thr).mean())
+
+
+def _fit_one(slide_id: str, rows: list[dict[str, Any]], cfg: StainConfig) -> dict[str, Any]:
+    """Fit one slide; returns the sidecar ``stain`` object. Raises on unreadable slides."""
+    from her2scope.slide.reader import open_slide
+
+    tiles: list[np.ndarray] = []
+    n_low = n_err = 0
+    errors: list[str] = []
+    with open_slide(rows[0]["slide_path"]) as slide:
+        for r in rows:
+            try:
+                rgb = slide.read_tile(
+                    (int(r["x"]), int(r["y"])),
+                    int(r["level"]),
+                    int(r["read_px"]),
+                    int(r["tile_px"]),
+                )
+            except Her2ScopeError as exc:
+                n_err += 1
+                errors.append(str(exc))
+                continue
+            if tissue_fraction(rgb) < LOW_TISSUE_FRAC:
+                n_low += 1
+            tiles.append(rgb)
+    if not tiles:
+        raise Her2ScopeError(
+            f"slide '{slide_id}': none of {len(rows)} sampled tiles could be read ({errors[:1]})"
+        )
+    norm = StainNormalizer(cfg.mode, cfg.reference).fit(tiles)  # type: ignore[arg-type]
+    d = norm.to_dict()
+    d.update(
+        n_fit_tiles=len(tiles),
+        n_low_tissue_tiles=n_low,
+        n_read_errors=n_err,
+        fallback="passthrough" if norm.passthrough else "slide",
+    )
+    return d
+
+
+def _update_sidecar(tiles_dir: Path, slide_id: str, slide_path: str, stain: dict[str, Any]) -> None:
+    path = tiles_dir / "slides" / f"{slide_id}.json"
+    side: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            side = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise Her2ScopeError(
+                f"sidecar '{path}' is not valid JSON ({exc}); re-run tiling"
+            ) from None
+    else:
+        side = {"slide_id": slide_id, "slide_path": slide_path}
+    side["stain"] = stain
+    write_json(path, side)
+
+
+def fit_stains(tiles_dir: str | Path, cfg: StainConfig, workers: int = 1) -> dict[str, Any]:
+    """Fit every slide of ``tiles_dir/tiles.parquet`` and write the ``stain`` sidecar objects.
+
+    Returns ``{"fitted": [ids], "passthrough": [ids], "failed": {id: reason}}``. A slide that fails
+    is logged and reported; the others go on. ``cfg.mode == "none"`` fits nothing.
+    """
+    tiles_dir = Path(tiles_dir)
+    if cfg.mode == "none":
+        log.info("stain.mode=none: nothing to fit")
+        return {"fitted": [], "passthrough": [], "failed": {}}
+    if cfg.fit_tiles < 1:
+        raise ConfigError(f"stain.fit_tiles must be >= 1, got {cfg.fit_tiles}")
+    load_reference(cfg.reference)  # fail early on a bad reference file
+    df = _read_table(tiles_dir)
+    missing = {"slide_id", "slide_path", "x", "y", "level", "read_px", "tile_px"} - set(df.columns)
+    if missing:
+        raise ConfigError(f"'{tiles_dir / 'tiles.parquet'}' lacks columns {sorted(missing)}")
+    jobs = []
+    for slide_id, g in df.groupby("slide_id", sort=True):
+        sample = g if len(g) <= cfg.fit_tiles else g.sample(n=cfg.fit_tiles, random_state=0)
+        jobs.append((str(slide_id), sample.to_dict("records")))
+    result: dict[str, Any] = {"fitted": [], "passthrough": [], "failed": {}}
+
+    def record(slide_id: str, rows: list[dict[str, Any]], outcome: Any) -> None:
+        if isinstance(outcome, BaseException):
+            reason = str(outcome) if isinstance(outcome, Her2ScopeError) else repr(outcome)
+            log.error("stain fit of slide '%s' failed: %s", slide_id, reason)
+            result["failed"][slide_id] = reason
+            return
+        _update_sidecar(tiles_dir, slide_id, str(rows[0]["slide_path"]), outcome)
+        key = "passthrough" if outcome["passthrough"] else "fitted"
+        if outcome["passthrough"]:
+            log.warning(
+                "slide '%s': no stain fit (%s); tiles pass through", slide_id, outcome["reason"]
+            )
+        result[key].append(slide_id)
+
+    if workers <= 1:
+        for slide_id, rows in track(jobs, "stain fit"):
+            try:
+                outcome: Any = _fit_one(slide_id, rows, cfg)
+            except Exception as exc:
+                outcome = exc
+            record(slide_id, rows, outcome)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [(s, r, pool.submit(_fit_one, s, r, cfg)) for s, r in jobs]
+            for slide_id, rows, fut in track(futures, "stain fit"):
+                try:
+                    outcome = fut.result()
+                except Exception as exc:
+                    outcome = exc
+                record(slide_id, rows, outcome)
+    return result
+
+
+def load_normalizers(tiles_dir: str | Path, cfg: StainConfig) -> dict[str, StainNormalizer]:
+    """slide_id → fitted normaliser for every slide in ``tiles.parquet``.
+
+    ``cfg.mode == "none"`` returns an empty dict (callers pass tiles through unchanged). Slides whose
+    fit found too little tissue get a passthrough normaliser. A slide without a ``stain`` sidecar
+    object raises :class:`ConfigError` naming it (run ``her2scope stain fit``). ``cfg.mode`` and
+    ``cfg.reference`` apply, so one fit serves both modes.
+    """
+    tiles_dir = Path(tiles_dir)
+    if cfg.mode == "none":
+        return {}
+    ref = load_reference(cfg.reference)
+    slide_ids = sorted(str(s) for s in _read_table(tiles_dir)["slide_id"].unique())
+    out: dict[str, StainNormalizer] = {}
+    unfitted: list[str] = []
+    for sid in slide_ids:
+        path = tiles_dir / "slides" / f"{sid}.json"
+        try:
+            side = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            unfitted.append(sid)
+            continue
+        if not isinstance(side.get("stain"), dict):
+            unfitted.append(sid)
+            continue
+        out[sid] = StainNormalizer.from_dict(side["stain"], mode=cfg.mode, reference=ref)  # type: ignore[arg-type]
+    if unfitted:
+        shown = ", ".join(unfitted[:5]) + (" …" if len(unfitted) > 5 else "")
+        raise ConfigError(
+            f"{len(unfitted)} slide(s) in '{tiles_dir}' have no stain parameters ({shown}); "
+            f"run `her2scope stain fit {tiles_dir}` or set stain.mode=none"
+        )
+    return out

@@ -1,0 +1,182 @@
+"""The whole pipeline with its real stages on the tiny synthetic cohort, and the report's content."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2scope.config import RunConfig, apply_overrides
+from tests.integration.tiny_pipeline import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def piped(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, object]:
+    return tiny_pipeline(tiny_cohort, tmp_path_factory.mktemp("pipeline") / "out")
+
+
+def test_first_run_writes_every_output(piped: tuple[RunConfig, object]) -> None:
+    cfg, res = piped
+    out = Path(cfg.out_dir)
+    assert res.ok, res.failures
+    run = out / "runs" / "alexnet"
+    for rel in (
+        "tiles/tiles.parquet",
+        "tiles/tiling_report.json",
+        "config.yaml",
+        "compare/comparison.csv",
+        "report.html",
+        "timings.json",
+    ):
+        assert (out / rel).is_file(), rel
+    for rel in (
+        "checkpoints/best.pt",
+        "splits.csv",
+        "results.json",
+        "predictions.parquet",
+        "explain/gallery.png",
+    ):
+        assert (run / rel).is_file(), rel
+    steps = json.loads((out / "timings.json").read_text())["steps"]
+    assert [(s["stage"], s["status"]) for s in steps] == [
+        ("tile", "ok"),
+        ("stain", "ok"),
+        ("train", "ok"),
+        ("evaluate", "ok"),
+        ("compare", "ok"),
+        ("explain", "ok"),
+        ("report", "ok"),
+    ]
+    # the test split is exactly centre B
+    pred = pd.read_parquet(run / "predictions.parquet")
+    assert set(pred["center"]) == {"B"}
+    splits = pd.read_csv(run / "splits.csv")
+    assert set(splits.loc[splits["split"] == "test", "center"]) == {"B"}
+
+
+def test_second_run_skips_and_keeps_outputs(piped: tuple[RunConfig, object]) -> None:
+    from her2scope.pipeline import run_pipeline
+
+    cfg, _ = piped
+    run = Path(cfg.out_dir) / "runs" / "alexnet"
+    before = {p: (run / p).read_bytes() for p in ("checkpoints/best.pt", "results.json")}
+    res = run_pipeline(cfg, workers=1)
+    assert res.ok
+    assert [t.status for t in res.timings] == ["skipped"] * 6 + ["ok"]
+    assert {p: (run / p).read_bytes() for p in before} == before
+
+
+def test_report_content_matches_the_results(piped: tuple[RunConfig, object]) -> None:
+    from PIL import Image
+
+    cfg, _ = piped
+    out = Path(cfg.out_dir)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    results = json.loads((out / "runs" / "alexnet" / "results.json").read_text())
+    assert "SYNTHETIC DATA" in html
+    m = results["levels"]["patient"]["macro_auc"]
+    if m["value"] is not None:
+        assert f"{m['value']:.3f} [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" in html
+    assert "Leakage check: <span class='ok'>passed</span>" in html
+    tiling = json.loads((out / "tiles" / "tiling_report.json").read_text())
+    for s in tiling["slides"]:
+        assert f"<td>{s['slide_id']}</td>" in html
+    # every artefact the pipeline wrote made it into the report
+    assert "Not available" not in html
+    # self-contained: every image is an inline PNG/JPEG that decodes; no external references
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    plots = list((out / "runs" / "alexnet" / "plots").glob("*.png"))
+    cams = list((out / "runs" / "alexnet" / "explain").rglob("*.png"))
+    assert len(srcs) == 1 + len(plots) + len(cams)  # raw-vs-normalised grid + plots + CAMs
+    for src in srcs:
+        assert re.match(r"data:image/(png|jpeg);base64,", src)
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:
+            assert im.width > 0 and im.height > 0
+    assert not re.search(r'(src|href)="(https?:|//|file:)', html)
+
+
+def test_report_survives_missing_artefacts(tmp_path: Path) -> None:
+    from her2scope.report.html import render_report
+
+    cfg = apply_overrides(RunConfig(), [f"out_dir={tmp_path}"])
+    html = render_report(tmp_path, cfg)
+    assert "SYNTHETIC" not in html  # real-cohort runs get no banner
+    for what in (
+        "patient-level splits",
+        "tiling report",
+        "model comparison",
+        "trained runs",
+        "reflex-FISH list",
+        "run times",
+    ):
+        assert f"Not available: {what}" in html, what
+    assert "<h2 id='provenance'>Provenance</h2>" in html
+
+
+def test_reflex_table_follows_the_rule() -> None:
+    from her2scope.report.html import reflex_table
+
+    cfg = apply_overrides(RunConfig(), ["evaluate.reflex_uncertainty=0.5"])
+    rows = []
+    # S1: clearly 2+ (always reflex); S2: confident 3+; S3: 1+ but nearly uniform
+    for sid, probs in {
+        "S1": (0.1, 0.8, 0.1),
+        "S2": (0.01, 0.02, 0.97),
+        "S3": (0.4, 0.25, 0.35),
+    }.items():
+        for _ in range(3):
+            rows.append(
+                {
+                    "slide_id": sid,
+                    "patient_id": "P" + sid,
+                    "center": "B",
+                    "label": "2+",
+                    "prob_1+": probs[0],
+                    "prob_2+": probs[1],
+                    "prob_3+": probs[2],
+                }
+            )
+    table = reflex_table(pd.DataFrame(rows), cfg).set_index("slide_id")
+    assert table["score"].to_dict() == {"S1": "2+", "S2": "3+", "S3": "1+"}
+    assert table["reflex_fish"].to_dict() == {"S1": True, "S2": False, "S3": True}
+    p = np.array([0.4, 0.25, 0.35])
+    expected_u = -(p * np.log(p)).sum() / np.log(3)
+    np.testing.assert_allclose(table.loc["S3", "uncertainty"], expected_u, rtol=1e-9)
+
+
+def test_run_cli_prints_auc_timings_and_report(piped: tuple[RunConfig, object]) -> None:
+    from typer.testing import CliRunner
+
+    from her2scope.cli import app
+    from her2scope.config import dump_config
+
+    cfg, _ = piped
+    out = Path(cfg.out_dir)
+    cfg_path = out.parent / "run.yaml"
+    dump_config(cfg, cfg_path)
+    r = CliRunner().invoke(app, ["run", str(cfg_path), "--force", "report"])
+    assert r.exit_code == 0, r.output
+    assert "train[alexnet]" in r.output and "skipped" in r.output
+    results = json.loads((out / "runs" / "alexnet" / "results.json").read_text())
+    m = results["levels"]["patient"]["macro_auc"]
+    assert (f"{m['value']:.3f}" if m["value"] is not None else "not available") in r.output
+    assert f"Report: {out / 'report.html'}" in r.output
+    r = CliRunner().invoke(app, ["run", str(cfg_path), "--force", "nonsense"])
+    assert r.exit_code != 0 and "unknown stage" in str(r.exception)
+
+
+def test_packaged_demo_config_matches_the_repository_copy() -> None:
+    from her2scope.cli.run import demo_config_path
+    from her2scope.config import load_config
+
+    repo = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    assert demo_config_path().read_text() == repo.read_text()
+    cfg = load_config(demo_config_path())
+    assert cfg.cohort.test_centers == ("B",) and cfg.train.models == ("alexnet",)
+    assert cfg.train.pretrained == "auto" and cfg.synthetic

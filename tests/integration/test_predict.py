@@ -1,0 +1,236 @@
+"""``her2scope predict`` on generated slides with a tiny trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tests.integration.conftest import TOY_COLOURS  # noqa: E402
+
+MODEL = "timm:test_resnet"  # 0.4 M parameters: trains in seconds on CPU
+CLASSES = ("1+", "2+", "3+")
+PX = 64
+
+
+def train_tiny_run(run_dir: Path, tiles_dir: Path, steps: int = 40) -> Path:
+    """Train ``MODEL`` on the toy tiles (class = DAB-like colour) and save it as a run."""
+    from her2scope.config import RunConfig
+    from her2scope.data.dataset import TileDataset, to_model_input
+    from her2scope.engine.checkpoint import save_checkpoint
+    from her2scope.engine.config import TrainConfig
+    from her2scope.models import create_model, model_preprocessing
+    from her2scope.stain.config import StainConfig
+    from her2scope.tiling.config import TilingConfig
+
+    torch.manual_seed(0)
+    tiles = pd.read_parquet(tiles_dir / "tiles.parquet")
+    ds = TileDataset(tiles, PX)
+    x_u8 = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([CLASSES.index(v) for v in tiles["label"]])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in model_preprocessing(MODEL))
+    model = create_model(MODEL, len(CLASSES))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        flip = torch.rand(()) < 0.5
+        xb = x_u8.flip(-1) if flip else x_u8
+        loss = torch.nn.functional.cross_entropy(model(to_model_input(xb, mean, std)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cfg = RunConfig(
+        synthetic=True,
+        tiling=TilingConfig(tile_px=PX),
+        stain=StainConfig(mode="none"),
+        train=TrainConfig(models=(MODEL,), input_px=PX, pretrained=False),
+    )
+    save_checkpoint(
+        run_dir / "checkpoints" / "best.pt",
+        model=model.eval(),
+        model_name=MODEL,
+        classes=CLASSES,
+        config=cfg,
+        input_px=PX,
+        tiles_dir=tiles_dir,
+        epoch=1,
+    )
+    splits = tiles.drop_duplicates("slide_id")[["slide_id", "patient_id", "center", "label"]]
+    splits = splits.assign(split=np.where(splits["center"] == "B", "test", "train"))
+    splits.to_csv(run_dir / "splits.csv", index=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_scoring_run(tmp_path_factory: pytest.TempPathFactory, toy_tiles: Path) -> Path:
+    """A run folder holding a tiny model trained on the toy tiles (seconds)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"), toy_tiles)
+
+
+def _slide(path: Path, label: str, px: int = 192, seed: int = 0) -> Path:
+    from her2scope.slide.write import write_pyramidal_tiff
+
+    rng = np.random.default_rng(seed)
+    img = np.array(TOY_COLOURS[label], float) + rng.normal(0, 12, size=(px, px, 3))
+    return write_pyramidal_tiff(path, np.clip(img, 0, 255).astype(np.uint8), mpp=0.5)
+
+
+def _roi(path: Path, x1: int, y1: int) -> Path:
+    ring = [[0, 0], [x1, 0], [x1, y1], [0, y1], [0, 0]]
+    doc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+            }
+        ],
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("new_slides")
+    out = {
+        "S3": _slide(d / "S3.tif", "3+", seed=1),
+        "S1": _slide(d / "S1.tif", "1+", seed=2),
+        "S2": _slide(d / "S2.tif", "2+", seed=3),
+    }
+    (d / "rois").mkdir()
+    _roi(d / "rois" / "S3.geojson", 128, 128)  # 4 tile centres of 64 px inside
+    bad = d / "BROKEN.tif"
+    bad.write_bytes(b"II*\x00 this is not a TIFF")
+    out["BROKEN"] = bad
+    return out
+
+
+def test_predict_outputs(tiny_scoring_run: Path, slides: dict[str, Path], tmp_path: Path) -> None:
+    from her2scope.scoring import score_slides
+
+    out = tmp_path / "pred"
+    rep = score_slides(
+        [slides["S3"], slides["S1"], slides["S2"]],
+        tiny_scoring_run,
+        out,
+        rois=slides["S3"].parent / "rois",
+    )
+    assert rep.ok, rep.failures
+    s = rep.summary
+    assert list(s["slide_id"]) == ["S3", "S1", "S2"]
+    assert list(s["status"]) == ["ok"] * 3
+    # the trained model separates the toy colours
+    assert list(s["score"]) == ["3+", "1+", "2+"]
+    assert list(s["n_tiles"]) == [4, 9, 9]  # ROI keeps 2×2 tiles; tissue keeps all 3×3
+    assert list(s["reflex_fish"])[2]  # 2+ always goes to FISH
+    assert rep.summary_path == out / "summary.csv"
+    back = pd.read_csv(out / "summary.csv")
+    assert len(back) == 3 and set(back["status"]) == {"ok"}
+
+    doc = json.loads((out / "S3.json").read_text())
+    for key in (
+        "score",
+        "probabilities",
+        "tile_percent",
+        "n_tiles",
+        "uncertainty",
+        "reflex_fish",
+        "provenance",
+        "note",
+    ):
+        assert key in doc
+    assert doc["score"] == "3+"
+    assert list(doc["probabilities"]) == list(CLASSES)
+    assert sum(doc["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert sum(doc["tile_percent"].values()) == pytest.approx(100.0, abs=1e-3)
+    assert doc["tile_percent"]["3+"] == pytest.approx(100.0)
+    assert 0.0 <= doc["uncertainty"] <= 1.0
+    assert set(doc["reflex_fish"]) == {"flag", "reason"}
+    assert doc["reflex_fish"]["flag"] is (doc["uncertainty"] > 0.5)
+    assert doc["provenance"]["model_name"] == MODEL
+    assert doc["provenance"]["synthetic_training_data"] is True
+    assert "not a medical device" in doc["note"]
+    assert doc["roi_path"].endswith("S3.geojson")
+
+    gj = json.loads((out / "S3.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 4
+    xs = sorted({f["geometry"]["coordinates"][0][0][0] for f in gj["features"]})
+    assert xs == [0.0, 64.0]
+    for f in gj["features"]:
+        props = f["properties"]
+        assert props["objectType"] == "detection"
+        assert props["classification"]["name"] == "3+"
+        assert len(props["classification"]["color"]) == 3
+        assert set(props["measurements"]) >= {"prob_1+", "prob_2+", "prob_3+"}
+
+    from PIL import Image
+
+    for sid in ("S3", "S1", "S2"):
+        with Image.open(out / f"{sid}_heatmap.png") as im:
+            assert im.format == "PNG" and im.size[0] > 100
+    assert not list(out.glob(".*.tmp*"))  # atomic writes left nothing behind
+
+
+def test_one_failing_slide_does_not_stop_the_others(
+    tiny_scoring_run: Path, slides: dict[str, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from her2scope.cli import app
+
+    out = tmp_path / "pred"
+    args = [
+        "predict",
+        str(slides["S1"]),
+        str(slides["BROKEN"]),
+        str(slides["S2"]),
+        "--run",
+        str(tiny_scoring_run),
+        "--out",
+        str(out),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "1 slide(s) failed" in res.output
+    assert "BROKEN.tif" in res.output
+    s = pd.read_csv(out / "summary.csv", keep_default_na=False)
+    assert list(s["slide_id"]) == ["S1", "BROKEN", "S2"]
+    assert list(s["status"]) == ["ok", "failed", "ok"]
+    assert s.loc[1, "error"] != "" and "BROKEN.tif" in s.loc[1, "error"]
+    assert (out / "S1.json").is_file() and (out / "S2.json").is_file()
+    assert not (out / "BROKEN.json").exists()
+
+
+def test_sharding_takes_every_nth_slide(
+    tiny_scoring_run: Path, slides: dict[str, Path], tmp_path: Path
+) -> None:
+    from her2scope.scoring import score_slides
+
+    paths = [slides["S3"], slides["S1"], slides["S2"]]
+    seen = []
+    for i in range(2):
+        rep = score_slides(paths, tiny_scoring_run, tmp_path, shard=(i, 2))
+        assert rep.summary_path.name == f"summary.shard-{i}-of-2.csv"
+        seen.append(list(rep.summary["slide_id"]))
+    assert seen == [["S3", "S2"], ["S1"]]
+    assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["S1", "S2", "S3"]
+
+
+def test_bad_roi_argument_is_a_clear_error(
+    tiny_scoring_run: Path, slides: dict[str, Path], tmp_path: Path
+) -> None:
+    from her2scope.errors import ConfigError
+    from her2scope.scoring import score_slides
+
+    roi = slides["S3"].parent / "rois" / "S3.geojson"
+    with pytest.raises(ConfigError, match="one file but 2 slides"):
+        score_slides([slides["S3"], slides["S1"]], tiny_scoring_run, tmp_path, rois=roi)
+    with pytest.raises(ConfigError, match="unique"):
+        score_slides([slides["S3"], slides["S3"]], tiny_scoring_run, tmp_path)

@@ -1,0 +1,228 @@
+"""Training end to end on tiny inputs: run dir, predict parity, resume equivalence, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from her2scope.config import RunConfig, apply_overrides, load_config
+from her2scope.engine.checkpoint import load_checkpoint, load_run_model
+from her2scope.engine.predict import predict_tiles
+from her2scope.engine.train import macro_auc, train_model
+
+MODEL = "timm:test_resnet"  # a tiny real network: keeps these tests fast
+
+
+def toy_config(tiles: Path, *extra: str) -> RunConfig:
+    return apply_overrides(
+        RunConfig(seed=7),
+        [
+            f"cohort.manifest={tiles / 'manifest.csv'}",
+            "cohort.test_centers=[B]",
+            "cohort.val_fraction=0.5",
+            "stain.mode=none",
+            "train.pretrained=false",
+            "train.input_px=64",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "train.workers=0",
+            "train.lr=0.003",
+            *extra,
+        ],
+    )
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _val_loss_from_checkpoint(run: Path, which: str = "last") -> float:
+    model, meta = load_run_model(run, which)
+    splits = pd.read_csv(run / "splits.csv")
+    tiles = pd.read_parquet(Path(meta.tiles_dir) / "tiles.parquet")
+    val = tiles[tiles.slide_id.isin(splits.loc[splits.split == "val", "slide_id"])]
+    probs = predict_tiles(model, meta, val.reset_index(drop=True), {}, batch_size=5)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    y = val["label"].map({c: i for i, c in enumerate(meta.classes)}).to_numpy()
+    return float(-np.mean(np.log(probs[np.arange(len(y)), y])))
+
+
+def test_train_writes_the_run_dir(toy_tiles: Path, tmp_path: Path) -> None:
+    cfg = toy_config(toy_tiles)
+    run = train_model(cfg, MODEL, toy_tiles, tmp_path / "run")
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.jsonl",
+        "splits.csv",
+    ]
+    assert load_config(run / "config.yaml") == cfg
+    splits = pd.read_csv(run / "splits.csv")
+    assert list(splits.columns) == ["slide_id", "patient_id", "center", "label", "split"]
+    assert set(splits.loc[splits.split == "test", "patient_id"]) == {"B0", "B1", "B2"}
+    assert splits.loc[splits.split == "val"].groupby("label").size().to_dict() == {
+        "1+": 1,
+        "2+": 1,
+        "3+": 1,
+    }
+    rows = _metrics(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) == {
+        "epoch", "train_loss", "val_loss", "val_macro_auc", "val_classes_missing", "lr",
+        "images_per_s", "train_images", "val_images",
+    }  # fmt: skip
+    assert rows[0]["train_images"] == 12 and rows[0]["val_images"] == 12
+    assert rows[0]["val_classes_missing"] == []
+    assert 0.0 <= rows[0]["val_macro_auc"] <= 1.0
+    assert rows[1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine schedule ends at zero
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["classes"] == ["1+", "2+", "3+"] and ckpt["epoch"] == 2 and ckpt["input_px"] == 64
+    assert ckpt["optimizer_state"] is not None
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["optimizer_state"] is None  # best.pt is for inference
+    # prediction reuses the training preprocessing: it reproduces the logged validation loss
+    assert _val_loss_from_checkpoint(run) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
+
+
+def test_resume_reaches_the_same_result(
+    toy_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = toy_config(toy_tiles, "train.epochs=3", "train.augment=true")
+    full = train_model(cfg, MODEL, toy_tiles, tmp_path / "full")
+
+    import her2scope.engine.checkpoint as ckpt_mod
+
+    real_save = ckpt_mod.save_checkpoint
+
+    def save_then_die(path: Path, **kw: object) -> Path:
+        out = real_save(path, **kw)
+        if Path(path).name == "last.pt" and kw["epoch"] == 1:
+            raise KeyboardInterrupt  # killed right after epoch 1 was saved
+        return out
+
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, MODEL, toy_tiles, tmp_path / "killed")
+    monkeypatch.setattr(ckpt_mod, "save_checkpoint", real_save)
+    assert len(_metrics(tmp_path / "killed")) == 1
+    resumed = train_model(cfg, MODEL, toy_tiles, tmp_path / "killed", resume=True)
+
+    a, b = _metrics(full), _metrics(resumed)
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for key in ("train_loss", "val_loss", "val_macro_auc", "lr"):
+        np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=1e-6, err_msg=key)
+    sa = load_checkpoint(full / "checkpoints" / "last.pt")["model_state"]
+    sb = load_checkpoint(resumed / "checkpoints" / "last.pt")["model_state"]
+    for key in sa:
+        torch.testing.assert_close(sb[key], sa[key], rtol=1e-6, atol=1e-7)
+
+
+def test_validation_missing_a_class_is_reported(toy_tiles: Path, tmp_path: Path) -> None:
+    splits = pd.DataFrame(
+        {
+            "slide_id": [f"{p}_S1" for p in ("A0", "A1", "A2", "A3", "A4", "A5", "B0", "B1", "B2")],
+            "split": ["train", "train", "train", "val", "val", "train", "test", "test", "test"],
+        }
+    )  # validation: A3 (1+) and A4 (2+) — no 3+
+    splits.to_csv(tmp_path / "splits.csv", index=False)
+    cfg = toy_config(
+        toy_tiles, "cohort.split_mode=file", f"cohort.splits_csv={tmp_path / 'splits.csv'}",
+        "train.epochs=1",
+    )  # fmt: skip
+    run = train_model(cfg, MODEL, toy_tiles, tmp_path / "run")
+    (row,) = _metrics(run)
+    assert row["val_macro_auc"] is None
+    assert row["val_classes_missing"] == ["3+"]
+    assert row["val_images"] == 8
+
+
+def test_macro_auc_needs_every_class() -> None:
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
+    assert macro_auc(np.array([0, 1, 2, 0]), probs) == pytest.approx(1.0)
+    assert macro_auc(np.array([0, 1, 1, 0]), probs) is None
+
+
+def test_cli_trains_into_sibling_run_dirs(toy_tiles: Path, tmp_path: Path) -> None:
+    from her2scope.cli import main
+
+    cfg_path = tmp_path / "cfg.yaml"
+    from her2scope.config import dump_config
+
+    dump_config(toy_config(toy_tiles), cfg_path)
+    with pytest.raises(SystemExit) as ok:
+        main(["train", "--config", str(cfg_path), "--tiles", str(toy_tiles), "--out",
+              str(tmp_path / "runs"), "--models", MODEL, "train.epochs=1"])  # fmt: skip
+    assert ok.value.code == 0
+    run = tmp_path / "runs" / "timm_test_resnet"
+    assert [r["epoch"] for r in _metrics(run)] == [1]
+    assert load_config(run / "config.yaml").train.models == (MODEL,)
+    # resuming a finished run trains nothing more
+    with pytest.raises(SystemExit) as again:
+        main(["train", "--resume", str(run)])
+    assert again.value.code == 0
+    assert [r["epoch"] for r in _metrics(run)] == [1]
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", str(tmp_path / "nowhere")])
+    assert exc.value.code == 2
+
+
+@pytest.mark.slow
+def test_ddp_gloo_two_processes(toy_tiles: Path, tmp_path: Path) -> None:
+    cfg_path = tmp_path / "cfg.yaml"
+    from her2scope.config import dump_config
+
+    dump_config(toy_config(toy_tiles, "train.epochs=1"), cfg_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HER2SCOPE_NO_PROGRESS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "her2scope", "train", "--config", str(cfg_path), "--tiles", str(toy_tiles),
+        "--out", str(tmp_path / "runs"), "--models", MODEL,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # torchrun and its workers
+        proc.communicate()
+        pytest.fail("torchrun did not finish in 180 s")
+    assert proc.returncode == 0, err[-3000:]
+    run = tmp_path / "runs" / "timm_test_resnet"
+    (row,) = _metrics(run)  # written once, by rank 0
+    assert row["train_images"] == 12  # both ranks' shares counted
+    assert row["val_images"] == 12
+    # validation gathered from both ranks equals a single-process evaluation of the same weights
+    assert _val_loss_from_checkpoint(run) == pytest.approx(row["val_loss"], rel=1e-5)
+
+
+def test_tiny_run_fixture(tiny_run: Path, tiny_cohort: Path) -> None:
+    model, meta = load_run_model(tiny_run)
+    assert (
+        meta.model_name == "alexnet" and meta.classes == ("1+", "2+", "3+") and meta.input_px == 64
+    )
+    assert meta.config.synthetic is True
+    splits = pd.read_csv(tiny_run / "splits.csv")
+    manifest = pd.read_csv(tiny_cohort)
+    assert set(splits.loc[splits.split == "test", "slide_id"]) == set(
+        manifest.loc[manifest.center == "B", "slide_id"]
+    )
+    assert set(splits.loc[splits.split != "test", "center"]) == {"A"}
+    assert not model.training
+    # prediction with the run's stain normalisers, as evaluation does
+    from her2scope.stain import load_normalizers
+
+    tiles = pd.read_parquet(Path(meta.tiles_dir) / "tiles.parquet")
+    test = tiles[tiles.center == "B"].reset_index(drop=True)
+    probs = predict_tiles(model, meta, test, load_normalizers(meta.tiles_dir, meta.config.stain))
+    assert probs.shape == (len(test), 3) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)

@@ -1,0 +1,303 @@
+"""tile_slide / tile_cohort / `her2scope tile` on generated pyramidal TIFFs of known geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2scope.errors import ManifestError, SlideError
+from her2scope.slide import open_slide
+from her2scope.slide.write import write_pyramidal_tiff
+from her2scope.tiling.config import TilingConfig
+from her2scope.tiling.extract import TILE_COLUMNS, tile_cohort, tile_slide
+
+T = 256  # tile side used in these tests
+GLASS = 240
+TISSUE = (150, 100, 170)
+
+
+def _slide_image() -> np.ndarray:
+    """2600×1536 px: a 10×6 grid of whole 256-px tiles plus a 40-px strip on the right.
+
+    Tissue: tiles (col 1-3, row 1-2) full; tile (6, 3) left half (white_frac 0.5, kept);
+    tile (8, 3) left quarter (white_frac 0.75, dropped).
+    """
+    rng = np.random.default_rng(0)
+    img = np.full((1536, 2600, 3), GLASS, np.uint8)
+    noise = rng.integers(-15, 16, (1536, 2600, 1))
+    tissue = np.clip(np.array(TISSUE)[None, None] + noise, 0, 255).astype(np.uint8)
+    img[T : 3 * T, T : 4 * T] = tissue[T : 3 * T, T : 4 * T]
+    img[3 * T : 4 * T, 6 * T : 6 * T + T // 2] = tissue[3 * T : 4 * T, 6 * T : 6 * T + T // 2]
+    img[3 * T : 4 * T, 8 * T : 8 * T + T // 4] = tissue[3 * T : 4 * T, 8 * T : 8 * T + T // 4]
+    return img
+
+
+@pytest.fixture(scope="module")
+def slide_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    img = _slide_image()
+    path = write_pyramidal_tiff(tmp_path_factory.mktemp("slide") / "s1.tif", img, 0.5, quality=95)
+    return path, img
+
+
+def _roi(path: Path, x1: float, cls: str = "Tumor") -> Path:
+    coords = [[T, T], [x1, T], [x1, 3 * T], [T, 3 * T], [T, T]]
+    feat = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [coords]},
+        "properties": {"objectType": "annotation", "classification": {"name": cls}},
+    }
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
+    return path
+
+
+def _counts(sc: dict) -> tuple[int, int, int, int, int]:
+    return tuple(
+        sc[k] for k in ("n_grid", "n_kept", "n_dropped_white", "n_dropped_roi", "n_read_errors")
+    )  # type: ignore[return-value]
+
+
+def test_tissue_mask_tiling_keeps_exactly_the_tissue_tiles(
+    slide_file: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, img = slide_file
+    df, sc = tile_slide(path, "s1", TilingConfig(tile_px=T), qc_path=tmp_path / "qc.png")
+    assert list(df.columns) == list(TILE_COLUMNS)
+    expected = [(c * T, r * T) for r in (1, 2) for c in (1, 2, 3)] + [(6 * T, 3 * T)]
+    assert list(zip(df.x, df.y, strict=True)) == expected
+    n_grid, n_kept, n_white, n_roi, n_err = _counts(sc)
+    assert (n_grid, n_kept, n_err) == (60, 7, 0)
+    assert n_white + n_roi + n_kept == n_grid
+    assert n_white >= 1  # the quarter-tissue tile was read and dropped as white
+    half = df[(df.x == 6 * T) & (df.y == 3 * T)]
+    np.testing.assert_allclose(half.white_frac, [0.5], atol=0.02)
+    np.testing.assert_allclose(df.white_frac.iloc[:6], 0.0, atol=1e-3)
+    assert (df.level == 0).all() and (df.read_px == T).all() and (df.tile_px == T).all()
+    assert (df.mpp == 0.5).all() and df.patient_id.eq("").all()
+    assert sc["mpp_x"] == sc["mpp_y"] == 0.5
+    assert (sc["level0_width"], sc["level0_height"]) == (2600, 1536)
+    assert sc["roi_rule"] == "tissue_mask"
+    # the pixel contract: what the dataset will read is the tile we judged
+    with open_slide(df.slide_path.iloc[0]) as s:
+        row = df.iloc[2]
+        px = s.read_tile((row.x, row.y), row.level, row.read_px, row.tile_px)
+    ref = img[row.y : row.y + T, row.x : row.x + T].astype(int)
+    assert np.abs(px.astype(int) - ref).mean() < 3
+    qc = open_slide(tmp_path / "qc.png", mpp=1.0).thumbnail(4096)
+    assert qc.shape[1] == 1024  # thumbnail width: long side of at least 1024 px
+
+
+def test_roi_centre_and_coverage_rules(slide_file: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    path, _ = slide_file
+    roi = _roi(tmp_path / "r.geojson", 3 * T + 132)  # covers col 3 by 132/256 = 0.516
+    df, sc = tile_slide(path, "s1", TilingConfig(tile_px=T), roi_path=roi)
+    assert _counts(sc) == (60, 6, 0, 54, 0)  # col-3 centres (x = 896) are inside
+    cover = dict(zip(zip(df.x, df.y, strict=True), df.roi_cover, strict=True))
+    assert cover[(3 * T, T)] == pytest.approx(132 / 256)
+    assert cover[(T, T)] == 1.0
+    assert sc["roi_area_px"] == pytest.approx((2 * T + 132) * 2 * T)
+
+    _, sc = tile_slide(
+        path, "s1", TilingConfig(tile_px=T, roi_rule="coverage", min_roi_cover=0.5), roi_path=roi
+    )
+    assert sc["n_kept"] == 6
+    _, sc = tile_slide(
+        path, "s1", TilingConfig(tile_px=T, roi_rule="coverage", min_roi_cover=0.6), roi_path=roi
+    )
+    assert _counts(sc) == (60, 4, 0, 56, 0)
+    narrow = _roi(tmp_path / "n.geojson", 3 * T + 100)  # centre of col 3 outside
+    _, sc = tile_slide(path, "s1", TilingConfig(tile_px=T), roi_path=narrow)
+    assert sc["n_kept"] == 4
+
+
+def test_target_mpp_reads_the_pyramid_level(slide_file: tuple[Path, np.ndarray]) -> None:
+    path, _ = slide_file
+    df, sc = tile_slide(path, "s1", TilingConfig(tile_px=128, target_mpp=1.0))
+    assert (sc["read_level"], sc["read_px"], sc["level0_tile_px"], sc["n_grid"]) == (
+        1,
+        128,
+        256,
+        60,
+    )
+    assert sc["n_kept"] == 7 and (df.mpp == 1.0).all() and (df.level == 1).all()
+    df, sc = tile_slide(path, "s1", TilingConfig(tile_px=128, target_mpp=0.75))
+    # 1.5× the slide: level 0, read 192 px, resized to 128; grid of 192-px tiles
+    assert (sc["read_level"], sc["read_px"], sc["level0_tile_px"]) == (0, 192, 192)
+    assert sc["n_grid"] == (2600 // 192) * (1536 // 192)
+    with open_slide(path) as s:
+        row = df.iloc[0]
+        assert s.read_tile((row.x, row.y), row.level, row.read_px, row.tile_px).shape == (
+            128,
+            128,
+            3,
+        )
+
+
+def test_empty_and_outside_rois_give_zero_tiles_with_warnings(
+    slide_file: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, _ = slide_file
+    stroma = _roi(tmp_path / "s.geojson", 3 * T, cls="Stroma")
+    df, sc = tile_slide(
+        path, "s1", TilingConfig(tile_px=T, roi_classes=("Tumor",)), roi_path=stroma
+    )
+    assert len(df) == 0 and list(df.columns) == list(TILE_COLUMNS)
+    assert _counts(sc) == (60, 0, 0, 60, 0)
+    assert any("no ROI of class Tumor" in w for w in sc["warnings"])
+    feat = {"type": "Polygon", "coordinates": [[[2400, 0], [3000, 0], [3000, 600], [2400, 600]]]}
+    (tmp_path / "o.geojson").write_text(json.dumps(feat))
+    _, sc = tile_slide(path, "s1", TilingConfig(tile_px=T), roi_path=tmp_path / "o.geojson")
+    assert any("lies outside the slide; clipped" in w for w in sc["warnings"])
+
+
+def test_read_errors_are_counted_and_the_tile_dropped(
+    slide_file: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from her2scope.slide.reader import Slide
+
+    path, _ = slide_file
+    real = Slide.read_region
+
+    def flaky(self: Slide, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        if tuple(xy) == (2 * T, T):
+            raise SlideError(self.path, "corrupt JPEG tile")
+        return real(self, xy, level, size)
+
+    monkeypatch.setattr(Slide, "read_region", flaky)
+    df, sc = tile_slide(path, "s1", TilingConfig(tile_px=T))
+    assert sc["n_read_errors"] == 1 and sc["n_kept"] == 6
+    assert (2 * T, T) not in set(zip(df.x, df.y, strict=True))
+    assert "corrupt JPEG tile" in sc["warnings"][-1]
+
+
+def test_plain_image_needs_mpp(tmp_path: Path) -> None:
+    import cv2
+
+    img = np.full((600, 600, 3), GLASS, np.uint8)
+    img[:300, :300] = TISSUE
+    cv2.imwrite(str(tmp_path / "crop.png"), img)
+    with pytest.raises(SlideError, match="no µm/px in the file"):
+        tile_slide(tmp_path / "crop.png", "crop", TilingConfig(tile_px=T))
+    df, sc = tile_slide(tmp_path / "crop.png", "crop", TilingConfig(tile_px=T), mpp=0.25)
+    assert list(zip(df.x, df.y, strict=True)) == [(0, 0)] and sc["mpp_x"] == 0.25
+
+
+def _manifest(tmp_path: Path, slide: Path, roi: Path) -> Path:
+    (tmp_path / "broken.svs").write_bytes(b"\x00not a slide" * 100)
+    rows = [
+        "slide_id,patient_id,center,label,slide_path,roi_path",
+        f"good_roi,P1,A,2+,{slide},{roi.name}",
+        "bad,P2,B,3+,broken.svs,",
+        f"good_mask,P3,B,1+,{slide},",
+    ]
+    m = tmp_path / "manifest.csv"
+    m.write_text("\n".join(rows) + "\n")
+    return m
+
+
+def test_cohort_goes_on_past_a_broken_slide_and_keeps_sidecar_keys(
+    slide_file: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, _ = slide_file
+    roi = _roi(tmp_path / "r.geojson", 3 * T)
+    out = tmp_path / "out"
+    (out / "slides").mkdir(parents=True)
+    (out / "slides" / "good_roi.json").write_text(
+        json.dumps({"stain": {"mode": "x"}, "n_kept": -1})
+    )
+    report = tile_cohort(
+        _manifest(tmp_path, path, roi), out, TilingConfig(tile_px=T), export_tiles=True
+    )
+    assert not report.ok
+    assert [f["slide_id"] for f in report.failures] == ["bad"]
+    assert "broken.svs" in report.failures[0]["reason"]
+    tiles = pd.read_parquet(out / "tiles.parquet")
+    assert list(tiles.columns) == list(TILE_COLUMNS)
+    assert tiles.groupby("slide_id").size().to_dict() == {"good_mask": 7, "good_roi": 4}
+    assert tiles.loc[tiles.slide_id == "good_roi", ["patient_id", "center", "label"]].iloc[
+        0
+    ].tolist() == ["P1", "A", "2+"]
+    assert (tiles.slide_path == str(path.resolve())).all()
+    side = json.loads((out / "slides" / "good_roi.json").read_text())
+    assert side["stain"] == {"mode": "x"} and side["n_kept"] == 4  # unknown key kept, counts new
+    assert sorted(p.name for p in (out / "qc").iterdir()) == ["good_mask.png", "good_roi.png"]
+    assert not (out / "slides" / "bad.json").exists()
+    exported = sorted((out / "tiles" / "good_roi").iterdir())
+    assert len(exported) == 4 and exported[0].name == f"good_roi_x{T}_y{T}.png"
+    rep = json.loads((out / "tiling_report.json").read_text())
+    assert rep["n_tiles"] == 11 and rep["failures"][0]["slide_id"] == "bad"
+    assert not list(out.glob(".*tmp*"))  # atomic writes leave nothing behind
+
+
+def test_cli_exits_non_zero_with_a_summary_and_workers_agree(
+    slide_file: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from her2scope.cli import app
+
+    path, _ = slide_file
+    roi = _roi(tmp_path / "r.geojson", 3 * T)
+    manifest = _manifest(tmp_path, path, roi)
+    res = CliRunner().invoke(
+        app,
+        [
+            "tile",
+            str(manifest),
+            "--out",
+            str(tmp_path / "o2"),
+            "--tile-px",
+            str(T),
+            "--workers",
+            "2",
+        ],
+    )
+    assert res.exit_code == 1, res.output
+    assert "FAILED" in res.output and "good_mask" in res.output
+    one = tile_cohort(manifest, tmp_path / "o1", TilingConfig(tile_px=T))
+    a = pd.read_parquet(tmp_path / "o1" / "tiles.parquet")
+    b = pd.read_parquet(tmp_path / "o2" / "tiles.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    assert one.n_tiles == len(b) == 11
+    # bare slide paths with --rois: the ROI is matched by the slide's file stem
+    rois = tmp_path / "rois"
+    rois.mkdir()
+    _roi(rois / "s1.geojson", 3 * T)
+    res = CliRunner().invoke(
+        app,
+        [
+            "tile",
+            str(path),
+            "--out",
+            str(tmp_path / "o3"),
+            "--tile-px",
+            str(T),
+            "--rois",
+            str(rois),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    c = pd.read_parquet(tmp_path / "o3" / "tiles.parquet")
+    assert len(c) == 4 and (c.slide_id == "s1").all() and c.label.eq("").all()
+
+
+def test_manifest_problems_are_reported_all_at_once(tmp_path: Path) -> None:
+    m = tmp_path / "m.csv"
+    m.write_text(
+        "slide_id,slide_path,mpp\na,a.svs,0.5\na,b.svs,\n,c.svs,\nd,../outside.svs,\ne,e.svs,fast\n"
+    )
+    with pytest.raises(ManifestError) as info:
+        tile_cohort(m, tmp_path / "out", TilingConfig())
+    problems = info.value.problems
+    assert problems == [
+        "row 3: slide_id 'a' repeats row 2",
+        "row 4: empty slide_id",
+        "row 5 slide_path '../outside.svs' leaves the manifest's folder; give an absolute path if intended",
+        "row 6: mpp 'fast' is not a positive number (µm per pixel)",
+    ]
+    m.write_text("id,path\nx,y\n")
+    with pytest.raises(ManifestError, match="missing column"):
+        tile_cohort(m, tmp_path / "out", TilingConfig())
