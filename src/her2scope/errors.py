@@ -22,6 +22,9 @@ class SlideError(Her2ScopeError):
         self.reason = reason
         super().__init__(f"slide '{self.path}': {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across worker processes
+        return (type(self), (self.path, self.reason))
+
 
 class RoiError(Her2ScopeError):
     """An ROI file could not be parsed."""
@@ -30,6 +33,9 @@ class RoiError(Her2ScopeError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"ROI file '{self.path}': {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
 
 
 class ManifestError(Her2ScopeError):
@@ -40,6 +46,9 @@ class ManifestError(Her2ScopeError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"manifest '{self.path}' has {len(self.problems)} problem(s):\n{lines}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[str]]]:
+        return (type(self), (self.path, self.problems))
 
 
 class ConfigError(Her2ScopeError):

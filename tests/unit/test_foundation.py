@@ -129,3 +129,27 @@ def test_not_a_slide_is_a_slide_error(tmp_path: Path) -> None:
         open_slide(path)
     with pytest.raises(SlideError, match="file not found"):
         open_slide(tmp_path / "absent.svs")
+
+
+def test_errors_survive_pickling_across_processes() -> None:
+    import pickle
+
+    from her2scope.errors import ManifestError, RoiError
+
+    for exc in (
+        SlideError("a.svs", "truncated"),
+        RoiError("r.xml", "bad"),
+        ManifestError("m.csv", ["row 2: x"]),
+    ):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "r.json"
+    write_json(path, {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -66,8 +66,10 @@ def test_aggregate_rules() -> None:
     np.testing.assert_allclose(pct, [50.0, 100 / 6, 100 / 3])
     assert aggregate_tiles(probs, classes, "majority", 10.0)[1] == "1+"
     assert aggregate_tiles(probs, classes, "percent", 10.0)[1] == "3+"
-    assert aggregate_tiles(probs, classes, "percent", 40.0)[1] == "1+"
-    assert aggregate_tiles(probs, classes, "percent", 90.0)[1] == "1+"  # none reach: majority
+    # percent: the highest grade k such that >= X % of tiles are graded k or higher (the same
+    # rule as `her2scope evaluate`): >=3+ is 33 %, >=2+ is 50 %, >=1+ is 100 %
+    assert aggregate_tiles(probs, classes, "percent", 40.0)[1] == "2+"
+    assert aggregate_tiles(probs, classes, "percent", 60.0)[1] == "1+"
 
 
 def test_shard_parsing_and_slide_ids() -> None:

@@ -72,28 +72,19 @@ def aggregate_tiles(
 ) -> tuple[np.ndarray, str, np.ndarray]:
     """(slide probabilities, slide score, % of tiles predicted per class) from tile probabilities.
 
-    Slide probabilities are the mean tile probabilities under every rule. The score is their
-    argmax (``mean``), the most frequent tile prediction (``majority``, ties to the higher mean
-    probability), or the highest class predicted for at least ``percent_threshold`` % of tiles
-    (``percent``; falls back to ``majority`` when none reaches it).
+    Slide probabilities are the mean tile probabilities under every rule; the score comes from
+    :func:`her2scope.evaluate.aggregate.aggregate_probs` with the run's rule, so ``predict`` and
+    ``evaluate`` always call a slide the same way (see docs/evaluation.md for the tie rules).
     """
+    from her2scope.evaluate.aggregate import aggregate_probs, argmax_high
+
     k = len(classes)
     if probs.ndim != 2 or probs.shape[1] != k or len(probs) == 0:
         raise ValueError(f"need [N>0, {k}] tile probabilities, got {probs.shape}")
     mean = probs.mean(axis=0)
-    counts = np.bincount(probs.argmax(axis=1), minlength=k)
+    counts = np.bincount(argmax_high(probs, axis=1), minlength=k)
     percent = 100.0 * counts / len(probs)
-    if rule == "mean":
-        idx = int(np.argmax(mean))
-    elif rule in ("majority", "percent"):
-        order = np.lexsort((mean, counts))  # by count, then mean probability
-        idx = int(order[-1])
-        if rule == "percent":
-            reached = np.flatnonzero(percent >= percent_threshold)
-            if reached.size:
-                idx = int(reached.max())
-    else:
-        raise ConfigError(f"unknown aggregation rule '{rule}'; use mean, majority or percent")
+    _, idx = aggregate_probs(probs, rule, percent_threshold)  # type: ignore[arg-type]
     return mean, classes[idx], percent
 
 
