@@ -262,3 +262,22 @@ def test_property_output_is_finite_uint8_of_same_shape(tile, mode) -> None:
     else:
         assert np.isfinite(norm.od_matrix()).all()
         assert np.isfinite(norm.stain_matrix).all()
+
+
+def test_slide_without_dab_gets_a_hematoxylin_only_fit(rng) -> None:
+    """A HER2 0/1+ slide with (almost) no DAB: the DAB vector cannot be estimated, so the
+    hematoxylin vector is fitted and the reference DAB vector used, instead of passing the slide
+    through in its own centre's colours."""
+    tiles = [tissue_tile(rng, 0.01, H_B, DAB_B)[0] for _ in range(3)]
+    norm = StainNormalizer().fit(tiles)
+    assert not norm.passthrough, norm.reason
+    assert "hematoxylin-only" in norm.reason
+    m = norm.stain_matrix
+    assert m[0] @ H_B > 0.99  # the slide's own (bluer) hematoxylin
+    np.testing.assert_allclose(m[1], REF.stain_matrix[1])
+    out = norm.transform(tiles[0])
+    # the hematoxylin of the output lies along the reference H vector, as for any fitted slide
+    od = -np.log((out.reshape(-1, 3).astype(float) + 1.0) / IO)
+    dense = od.sum(axis=1) > 0.6
+    mean_dir = unit(od[dense].mean(axis=0).tolist())
+    assert mean_dir @ H_A > mean_dir @ H_B

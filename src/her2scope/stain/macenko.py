@@ -36,6 +36,7 @@ RUIFROK_H_DAB = RUIFROK_H_DAB / np.linalg.norm(RUIFROK_H_DAB, axis=1, keepdims=T
 MAX_FIT_PX = 1 << 22  # pixels pooled by one fit; larger inputs are subsampled (fixed seed)
 MIN_TISSUE_PX = 500  # fewer tissue pixels than this: no fit (passthrough)
 MIN_TISSUE_FRAC = 0.02  # nor with less than this fraction of the pixels being tissue
+MAX_H_ONLY_ANGLE_DEG = 15.0  # hematoxylin-only fallback: fitted H within this of the reference H
 MIN_STAIN_ANGLE_DEG = 3.0  # two estimated vectors closer than this: one stain only (no fit)
 
 
@@ -191,7 +192,7 @@ def estimate_stains(
     if not np.isfinite(cov).all():
         return StainFit(None, None, len(px), n_tissue, "non-finite OD covariance")
     try:
-        _, vecs = np.linalg.eigh(cov)
+        eigvals, vecs = np.linalg.eigh(cov)
     except np.linalg.LinAlgError as exc:
         return StainFit(None, None, len(px), n_tissue, f"eigen decomposition failed: {exc}")
     plane = vecs[:, 1:3]
@@ -201,21 +202,38 @@ def estimate_stains(
     v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
     v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
     angle = np.degrees(np.arccos(np.clip(abs(v1 @ v2), 0.0, 1.0)))
-    if not np.isfinite(angle) or angle < MIN_STAIN_ANGLE_DEG:
-        return StainFit(None, None, len(px), n_tissue, f"one stain only ({angle:.1f}° apart)")
-    # Order by matching the reference H and DAB vectors (not the H&E "larger red OD" rule).
-    straight = v1 @ order_by[0] + v2 @ order_by[1]
-    crossed = v2 @ order_by[0] + v1 @ order_by[1]
-    m = np.stack([v1, v2] if straight >= crossed else [v2, v1])
-    sim = m @ order_by.T  # sim[i, j]: fitted stain i vs reference stain j
-    if sim[0, 0] <= sim[0, 1] or sim[1, 1] <= sim[1, 0]:
-        # e.g. pen ink, or a slide with no DAB: both vectors look like one reference stain
-        return StainFit(None, None, len(px), n_tissue, "vectors do not match reference H and DAB")
+    if not np.isfinite(angle):
+        return StainFit(None, None, len(px), n_tissue, "non-finite stain estimate")
+    note = ""
+    if angle < MIN_STAIN_ANGLE_DEG:
+        m, why = None, f"one stain only ({angle:.1f}° apart)"
+    else:
+        # Order by matching the reference H and DAB vectors (not the H&E "larger red OD" rule).
+        straight = v1 @ order_by[0] + v2 @ order_by[1]
+        crossed = v2 @ order_by[0] + v1 @ order_by[1]
+        m = np.stack([v1, v2] if straight >= crossed else [v2, v1])
+        sim = m @ order_by.T  # sim[i, j]: fitted stain i vs reference stain j
+        why = "vectors do not match reference H and DAB"
+        if sim[0, 0] <= sim[0, 1] or sim[1, 1] <= sim[1, 0]:
+            m = None  # both vectors look like one reference stain
+    if m is None:
+        # One stain only, or both vectors look like one reference stain: a slide with little
+        # DAB (HER2 0/1+), or pen ink. When a vector is close to the reference hematoxylin, fit
+        # hematoxylin only and take the DAB vector from the reference (DAB stays in absolute
+        # units anyway); otherwise (pen ink, odd colours) there is no fit.
+        h = max((v1, v2), key=lambda v: abs(v @ order_by[0]))
+        h = h if h @ order_by[0] > 0 else -h
+        h_angle = np.degrees(np.arccos(np.clip(h @ order_by[0], -1.0, 1.0)))
+        flat = eigvals[-1] <= 1e-6  # no stain variation at all (a black or single-colour tile)
+        if flat or not np.isfinite(h_angle) or h_angle > MAX_H_ONLY_ANGLE_DEG:
+            return StainFit(None, None, len(px), n_tissue, why)
+        m = np.stack([h, order_by[1]])
+        note = f"hematoxylin-only fit ({why}): DAB vector taken from the reference"
     conc = np.linalg.pinv(m.T).astype(np.float32) @ od.T  # (2, N) least squares, all pixels
     max_conc = np.percentile(conc, 99, axis=1).astype(np.float64)
     if not (np.isfinite(m).all() and np.isfinite(max_conc).all()):
         return StainFit(None, None, len(px), n_tissue, "non-finite stain estimate")
-    return StainFit(m, max_conc, len(px), n_tissue)
+    return StainFit(m, max_conc, len(px), n_tissue, note)
 
 
 def fit_reference(images: Any, name: str = "custom") -> StainReference:
