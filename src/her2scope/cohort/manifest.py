@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from her2scope._io import read_manifest_csv
 from her2scope.errors import ManifestError
 from her2scope.labels import get_scheme
 
@@ -31,13 +32,7 @@ def load_manifest(
     """
     path = Path(path)
     label_scheme = get_scheme(scheme)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise ManifestError(path, ["file not found"]) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, [f"not a readable CSV file ({exc})"]) from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_manifest_csv(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ManifestError(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from her2scope._io import atomic_path, write_json
+from her2scope._io import atomic_path, read_manifest_csv, write_json
 from her2scope._progress import track
 from her2scope.errors import Her2ScopeError, ManifestError, SlideError
 from her2scope.tiling.background import box_coverage, tissue_mask, white_fraction
@@ -505,13 +505,7 @@ def read_tiling_manifest(manifest_csv: str | Path) -> list[SlideEntry]:
     Missing or broken slide files are not manifest problems: they fail their slide only.
     """
     manifest_csv = Path(manifest_csv)
-    try:
-        df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise ManifestError(manifest_csv, ["file not found"]) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(manifest_csv, [f"not a readable CSV file ({exc})"]) from None
-    df.columns = [c.strip() for c in df.columns]
+    df = read_manifest_csv(manifest_csv)
     problems: list[str] = []
     missing = [c for c in ("slide_id", "slide_path") if c not in df.columns]
     if missing:
