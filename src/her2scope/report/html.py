@@ -356,18 +356,18 @@ def _raw_vs_normalised_png(tiles_dir: Path, cfg: RunConfig, per_center: int = 4)
         [side * (2 * i + 0.5) for i in range(len(labels))]
         + [side * (2 * i + 1.5) for i in range(len(labels))]
     )
-    ax.set_yticklabels([f"{c} raw" for c in labels] + [f"{c} {cfg.stain.mode}" for c in labels])
-    fig.tight_layout()
+    ax.set_yticklabels([f"{c} raw" for c in labels] + [f"{c}\n{cfg.stain.mode}" for c in labels])
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # never clip the row labels
     plt.close(fig)
     return buf.getvalue()
 
 
 def _resize(rgb: Any, side: int) -> Any:
+    import numpy as np
     from PIL import Image
 
-    return __import__("numpy").asarray(Image.fromarray(rgb).resize((side, side)))
+    return np.asarray(Image.fromarray(rgb).resize((side, side)))
 
 
 def _results_section(out_dir: Path, cfg: RunConfig) -> str:
