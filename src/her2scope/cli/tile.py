@@ -121,6 +121,8 @@ def _print_summary(report: object) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from her2scope.tiling.extract import COUNT_KEYS
+
     table = Table(title=f"tiling: {report.n_tiles} tiles → {report.tiles_path}")  # type: ignore[attr-defined]
     for col in ("slide", "status", "grid", "kept", "white", "outside ROI", "read errors", "note"):
         table.add_column(col, overflow="fold")
@@ -130,16 +132,7 @@ def _print_summary(report: object) -> None:
             table.add_row(
                 r["slide_id"],
                 "ok",
-                *(
-                    str(r[k])
-                    for k in (
-                        "n_grid",
-                        "n_kept",
-                        "n_dropped_white",
-                        "n_dropped_roi",
-                        "n_read_errors",
-                    )
-                ),
+                *(str(r[k]) for k in COUNT_KEYS),
                 note,
             )
         else:

@@ -52,6 +52,8 @@ TILE_COLUMNS = (
     "roi_cover",
 )
 _COPIED = ("patient_id", "center", "label")
+#: Per-slide tile counts, in the sidecar and in the tiling report.
+COUNT_KEYS = ("n_grid", "n_kept", "n_dropped_white", "n_dropped_roi", "n_read_errors")
 _CHUNK = 64  # most tiles per work item
 
 
@@ -644,16 +646,7 @@ def tile_entries(
                 row.update(
                     status="ok",
                     reason="",
-                    **{
-                        k: sidecar[k]
-                        for k in (
-                            "n_grid",
-                            "n_kept",
-                            "n_dropped_white",
-                            "n_dropped_roi",
-                            "n_read_errors",
-                        )
-                    },
+                    **{k: sidecar[k] for k in COUNT_KEYS},
                     warnings=len(sidecar["warnings"]),
                 )
             rows.append(row)
