@@ -51,23 +51,37 @@ def write_pyramidal_tiff(
     levels = pyramid_levels(image, min_level_px)
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tw:
         for i, lev in enumerate(levels):
-            ds = 2**i
             tw.write(
                 _tiles(lev, tile_px),
                 shape=lev.shape,
-                dtype=np.uint8,
-                tile=(tile_px, tile_px),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": quality},
-                resolution=(px_per_cm / ds, px_per_cm / ds),
-                resolutionunit="CENTIMETER",
-                description=description if i == 0 else None,
-                subfiletype=0 if i == 0 else 1,
-                metadata=None,
-                software=False,
+                **_level_options(i, tile_px, px_per_cm, quality, description),
             )
     return path
+
+
+def _level_options(
+    level: int,
+    tile_px: int,
+    px_per_cm: float,
+    quality: int,
+    description: str,
+    jpeg_rgb: bool = False,
+) -> dict:
+    """tifffile options of pyramid level ``level`` (each level halves the one before)."""
+    res = px_per_cm / 2**level
+    return {
+        "dtype": np.uint8,
+        "tile": (tile_px, tile_px),
+        "photometric": "rgb",
+        "compression": "jpeg",
+        "compressionargs": {"level": quality, **({"outcolorspace": 2} if jpeg_rgb else {})},
+        "resolution": (res, res),
+        "resolutionunit": "CENTIMETER",
+        "description": description if level == 0 else None,
+        "subfiletype": 0 if level == 0 else 1,
+        "metadata": None,
+        "software": False,
+    }
 
 
 def _tiles(image: np.ndarray, tile_px: int) -> Iterator[np.ndarray]:
@@ -119,18 +133,8 @@ def write_pyramidal_tiff_lazy(
             tw.write(
                 _rendered_tiles(render, i, w, h, tile_px),
                 shape=(h, w, 3),
-                dtype=np.uint8,
-                tile=(tile_px, tile_px),
-                photometric="rgb",
-                compression="jpeg",
-                compressionargs={"level": quality, **({"outcolorspace": 2} if jpeg_rgb else {})},
                 subsampling=(1, 1) if jpeg_rgb else None,
-                resolution=(px_per_cm / 2**i, px_per_cm / 2**i),
-                resolutionunit="CENTIMETER",
-                description=description if i == 0 else None,
-                subfiletype=0 if i == 0 else 1,
-                metadata=None,
-                software=False,
+                **_level_options(i, tile_px, px_per_cm, quality, description, jpeg_rgb),
             )
     return path
 
