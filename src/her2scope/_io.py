@@ -31,15 +31,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
+        _commit(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _commit(tmp_path: Path, path: Path) -> None:
+    """Flush ``tmp_path`` to disk and rename it over ``path`` (the one low-level commit)."""
+    with open(tmp_path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    os.chmod(tmp_path, 0o666 & ~_umask())
+    os.replace(tmp_path, path)
 
 
 def _umask() -> int:
