@@ -299,7 +299,7 @@ def _score_one(
             "stain_mode": cfg.stain.mode,
             "synthetic_training_data": bool(cfg.synthetic),
             "her2scope_version": __version__,
-            "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
         "note": NOT_A_DEVICE,
     }
