@@ -38,6 +38,15 @@ MIN_TISSUE_PX = 500  # fewer tissue pixels than this: no fit (passthrough)
 MIN_TISSUE_FRAC = 0.02  # nor with less than this fraction of the pixels being tissue
 MAX_H_ONLY_ANGLE_DEG = 15.0  # hematoxylin-only fallback: fitted H within this of the reference H
 MIN_STAIN_ANGLE_DEG = 3.0  # two estimated vectors closer than this: one stain only (no fit)
+# Tissue OD whose second covariance eigenvalue is below this fraction of the first has one direction
+# of variation only (flat-colour tiles: one stain at varying strength, or ink of a few flat colours).
+# Its Macenko plane is not determined by the data: the eigenvectors of the (numerically) zero
+# eigenvalues are whatever the BLAS kernel returns, so such tiles are decided without them. The
+# gap is wide on both sides: rounding noise is ~1e-15 of the first eigenvalue, real tissue ≥ 1e-4.
+RANK1_REL_EIGVAL = 1e-9
+# One stain at varying strength lies on a line through the OD origin; flat ink colours lie on a line
+# that misses it (pen tile of the tests: 37° away). Lines within this angle of the origin: one stain.
+MAX_LINE_TO_ORIGIN_DEG = 5.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,9 @@ def estimate_stains(
         eigvals, vecs = np.linalg.eigh(cov)
     except np.linalg.LinAlgError as exc:
         return StainFit(None, None, len(px), n_tissue, f"eigen decomposition failed: {exc}")
+    flat = eigvals[-1] <= 1e-6  # no stain variation at all (a black or single-colour tile)
+    if not flat and eigvals[-2] <= RANK1_REL_EIGVAL * eigvals[-1]:
+        return _fit_one_direction(tissue, od, vecs[:, 2], order_by, len(px))
     plane = vecs[:, 1:3]
     proj = tissue @ plane
     phi = np.arctan2(proj[:, 1], proj[:, 0])
@@ -224,16 +236,51 @@ def estimate_stains(
         h = max((v1, v2), key=lambda v: abs(v @ order_by[0]))
         h = h if h @ order_by[0] > 0 else -h
         h_angle = np.degrees(np.arccos(np.clip(h @ order_by[0], -1.0, 1.0)))
-        flat = eigvals[-1] <= 1e-6  # no stain variation at all (a black or single-colour tile)
         if flat or not np.isfinite(h_angle) or h_angle > MAX_H_ONLY_ANGLE_DEG:
             return StainFit(None, None, len(px), n_tissue, why)
         m = np.stack([h, order_by[1]])
         note = f"hematoxylin-only fit ({why}): DAB vector taken from the reference"
+    return _finish_fit(m, od, len(px), n_tissue, note)
+
+
+def _finish_fit(m: np.ndarray, od: np.ndarray, n_px: int, n_tissue: int, note: str) -> StainFit:
+    """Concentrations of all pixels by least squares on the stain matrix ``m``; their 99th pct."""
     conc = np.linalg.pinv(m.T).astype(np.float32) @ od.T  # (2, N) least squares, all pixels
     max_conc = np.percentile(conc, 99, axis=1).astype(np.float64)
     if not (np.isfinite(m).all() and np.isfinite(max_conc).all()):
-        return StainFit(None, None, len(px), n_tissue, "non-finite stain estimate")
-    return StainFit(m, max_conc, len(px), n_tissue, note)
+        return StainFit(None, None, n_px, n_tissue, "non-finite stain estimate")
+    return StainFit(m, max_conc, n_px, n_tissue, note)
+
+
+def _fit_one_direction(
+    tissue: np.ndarray, od: np.ndarray, direction: np.ndarray, order_by: np.ndarray, n_px: int
+) -> StainFit:
+    """Fit for tissue OD with one direction of variation (see ``RANK1_REL_EIGVAL``).
+
+    Uses only well-determined quantities (the principal direction and the mean OD), so the
+    verdict does not depend on the BLAS kernel. One stain at varying strength (a line through the
+    OD origin) close to the reference hematoxylin gets a hematoxylin-only fit; flat colours on a
+    line that misses the origin (pen ink, artwork) or a stain that is not hematoxylin get none.
+    """
+    n_tissue = len(tissue)
+    d = direction / np.linalg.norm(direction)
+    mean = tissue.mean(axis=0)
+    mean = mean / np.linalg.norm(mean)
+    line_angle = np.degrees(np.arccos(np.clip(abs(d @ mean), 0.0, 1.0)))
+    if not np.isfinite(line_angle) or line_angle > MAX_LINE_TO_ORIGIN_DEG:
+        why = (
+            f"flat colours, not stains: tissue colours vary along one line {line_angle:.0f}° "
+            "away from the optical-density origin (pen ink or artwork)"
+        )
+        return StainFit(None, None, n_px, n_tissue, why)
+    h = d if d @ order_by[0] > 0 else -d
+    h_angle = np.degrees(np.arccos(np.clip(h @ order_by[0], -1.0, 1.0)))
+    if h_angle > MAX_H_ONLY_ANGLE_DEG:
+        why = f"one stain only, {h_angle:.0f}° from the reference hematoxylin"
+        return StainFit(None, None, n_px, n_tissue, why)
+    m = np.stack([h, order_by[1]])
+    note = "hematoxylin-only fit (one stain only): DAB vector taken from the reference"
+    return _finish_fit(m, od, n_px, n_tissue, note)
 
 
 def fit_reference(images: Any, name: str = "custom") -> StainReference:
