@@ -7,12 +7,32 @@ renames it over the destination (``os.replace`` is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from her2scope.errors import OutputError
+
+#: ``errno`` values that are the user's environment, not a bug, and what to tell the user.
+_ENV_ERRNOS = {
+    errno.ENOSPC: "disk full (no space left on the device); free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EROFS: "read-only file system; choose a writable output folder",
+    errno.EACCES: "permission denied; choose an output folder you can write to",
+    errno.EPERM: "operation not permitted; choose an output folder you can write to",
+    errno.ENOTDIR: "a path component is a file, not a folder; choose another output folder",
+    errno.EISDIR: "a folder is in the way of this output file; move it or choose another folder",
+    errno.ENAMETOOLONG: "file name too long; use a shorter output path or slide id",
+}
+
+#: Temporary files of :func:`atomic_path`: ``.<stem>.<8 random chars>.tmp<suffix>``.
+_TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]{1,8})?$")
 
 
 @contextlib.contextmanager
@@ -23,18 +43,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``torch.save``). The temporary name keeps the suffix so writers that sniff it still work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+        )
+    except OSError as exc:
+        reason = os_error_reason(exc)
+        if reason is None:
+            raise
+        raise OutputError(path, reason, exc.errno) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         _commit(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            reason = os_error_reason(exc)
+            if reason is not None:
+                raise OutputError(path, reason, exc.errno) from None
         raise
 
 
@@ -111,3 +141,138 @@ def read_manifest_csv(path: str | Path) -> Any:
         raise ManifestError(path, [f"not a readable CSV file ({exc})"]) from None
     df.columns = [str(c).strip() for c in df.columns]
     return df
+
+
+def os_error_reason(exc: BaseException) -> str | None:
+    """The user-facing reason of an environment error (disk full, read-only, …), else ``None``.
+
+    Also recognises torch's ``RuntimeError`` from a failed ``torch.save`` (its zip writer reports
+    a full disk as ``[enforce fail at inline_container.cc…]``); the raw text is never shown.
+    """
+    if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+        return _ENV_ERRNOS[exc.errno]
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and (
+        "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text
+    ):
+        return (
+            "writing the file failed part-way (most often: disk full); free some space or "
+            "write elsewhere, then re-run"
+        )
+    return None
+
+
+def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove a file can be created in it, before any work.
+
+    Raises :class:`~her2scope.errors.OutputError` naming the folder and the reason (read-only,
+    permission denied, disk full, a file in the way) instead of failing after the work is done.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".her2scope-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise OutputError(folder, f"the {what} exists and is a file, not a folder") from None
+    except OSError as exc:
+        reason = os_error_reason(exc) or f"cannot write there ({exc.strerror or exc})"
+        raise OutputError(folder, f"{what} is not writable: {reason}", exc.errno) from None
+    return folder
+
+
+def is_atomic_temp(name: str) -> bool:
+    """True for names that :func:`atomic_path` gives its temporary files (and nothing else)."""
+    return bool(_TEMP_RE.match(name))
+
+
+def clean_orphan_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Delete temporary files our atomic writer left behind after a kill (``kill -9``, power cut).
+
+    Only names matching :func:`is_atomic_temp` are removed, never other files. Call it only
+    while holding the folder's lock (:mod:`her2scope._lock`): a live writer's temporary file
+    would otherwise be removed under it. Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed: list[Path] = []
+    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
+    for dirpath, _dirs, files in walker:
+        for name in files:
+            if is_atomic_temp(name):
+                p = Path(dirpath) / name
+                if p.is_symlink() or not p.is_file():
+                    continue
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def create_exclusive(path: str | Path, text: str) -> bool:
+    """Atomically create ``path`` holding ``text`` unless it exists; True when this call made it.
+
+    The content is written to a temporary file first and hard-linked into place, so another
+    process never sees a half-written file, and two processes can never both succeed. (Where the
+    file system has no hard links, an ``O_EXCL`` create is used instead.)
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: exclusive create, then write
+            try:
+                fd2 = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd2, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return True
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """True when two paths name the same file (after symlinks; hard links too when both exist)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def refuse_replacing_inputs(
+    outputs: Iterable[str | Path], inputs: Iterable[str | Path], fix: str
+) -> None:
+    """Raise :class:`OutputError` when any output path is (or resolves to) an input file.
+
+    ``fix`` tells the user what to do (e.g. "choose another --out"). Every clash is listed.
+    """
+    ins = [Path(p) for p in inputs]
+    clashes = [(o, i) for o in (Path(p) for p in outputs) for i in ins if same_file(o, i)]
+    if clashes:
+        shown = "; ".join(f"'{o}' is the input '{i}'" for o, i in clashes[:5])
+        more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise OutputError(
+            clashes[0][0], f"writing here would replace an input ({shown}{more}); {fix}"
+        )
+
+
+def host_name() -> str:
+    """This machine's name (for lock files and provenance)."""
+    return socket.gethostname()

@@ -61,3 +61,22 @@ class LeakageError(Her2ScopeError):
 
 class WeightsError(Her2ScopeError):
     """Pretrained weights were asked for but cannot be found or loaded."""
+
+
+class OutputError(Her2ScopeError, OSError):
+    """An output could not be written: read-only folder, disk full, permission denied, a lock
+    held by another run, or an output that would replace an input. ``errno`` is kept when the
+    cause was an ``OSError`` so callers can still tell "disk full" from "read-only"."""
+
+    def __init__(self, path: str | Path, reason: str, errno: int | None = None) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"output '{self.path}': {reason}")
+        self.errno = errno
+        self.filename = self.path
+
+    def __str__(self) -> str:
+        return f"output '{self.path}': {self.reason}"
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
+        return (type(self), (self.path, self.reason, self.errno))
