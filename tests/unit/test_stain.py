@@ -188,6 +188,26 @@ def test_flat_colour_verdict_does_not_depend_on_the_blas_eigenvectors(
         assert "flat colours" in got.reason, (name, got.reason)
 
 
+def test_fit_verdicts_do_not_depend_on_blas_thread_count(rng) -> None:
+    """Same verdict, reason and (to rounding) matrix with 1 BLAS thread and with 4."""
+    from threadpoolctl import threadpool_limits
+
+    tiles = dict(_edge_tiles(rng))
+    tiles["tissue_A"] = tissue_tile(rng, 0.4, H_A, DAB_A, px=256)[0]
+    tiles["tissue_B_faint"] = tissue_tile(rng, 0.02, H_B, DAB_B, px=256)[0]
+    fits = {}
+    for n_threads in (1, 4):
+        with threadpool_limits(limits=n_threads, user_api="blas"):
+            fits[n_threads] = {k: StainNormalizer().fit(t) for k, t in tiles.items()}
+    for name in tiles:
+        one, four = fits[1][name], fits[4][name]
+        assert one.passthrough == four.passthrough, name
+        assert one.reason == four.reason, name
+        if not one.passthrough:
+            np.testing.assert_allclose(one.stain_matrix, four.stain_matrix, atol=1e-9)
+    assert not fits[1]["tissue_A"].passthrough  # the check covers fitted tiles too
+
+
 def test_edge_tiles_with_slide_parameters_are_finite_and_use_them(rng) -> None:
     import torch
 
