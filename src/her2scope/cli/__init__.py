@@ -53,14 +53,50 @@ def version() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user errors print one clear message and exit with status 2."""
+    """Console-script entry point.
+
+    Exit status: 0 done; 1 some items (slides, models) failed and were reported; 2 a user or
+    environment error (bad option, config, manifest, input file; read-only folder, disk full;
+    an output folder in use) printed as one message without a traceback; 130 interrupted
+    (Ctrl-C). An unexpected exception is a bug: it is reported as such (exit 1) and its traceback
+    is shown only with ``HER2SCOPE_DEBUG=1``.
+    """
+    import logging
+    import os
+
+    from her2scope._io import os_error_reason
     from her2scope.errors import Her2ScopeError
 
+    # tifffile reports harmless quirks of a file (e.g. a missing tag) as log warnings; the
+    # readers handle them, so the user does not need to see them.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    debug = os.environ.get("HER2SCOPE_DEBUG", "") not in ("", "0")
     try:
+        # standalone mode: usage errors print with exit 2, Ctrl-C exits 130 (typer's handling)
         app(args=argv, standalone_mode=True)
     except Her2ScopeError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # raised outside the command (e.g. while importing)
+        sys.exit(130)
+    except Exception as exc:
+        reason = os_error_reason(exc)
+        if reason is not None and not debug:
+            where = getattr(exc, "filename", None)
+            typer.secho(
+                f"error: {f'{where}: ' if where else ''}{reason}", fg=typer.colors.RED, err=True
+            )
+            sys.exit(2)
+        if debug:
+            raise
+        typer.secho(
+            "error: unexpected internal error in her2scope (a bug, not something you did); "
+            "please report it with the command line. Re-run with HER2SCOPE_DEBUG=1 to see the "
+            "details.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

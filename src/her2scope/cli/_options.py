@@ -1,0 +1,130 @@
+"""Checks of command-line values shared by the commands: numbers, workers, devices.
+
+Each check raises :class:`~her2scope.errors.ConfigError` naming the option, the value and the
+allowed range, so ``main`` prints one line and exits with status 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+from her2scope.errors import ConfigError
+
+log = logging.getLogger("her2scope")
+
+#: µm/px accepted for ``--mpp`` / ``--target-mpp``: below 0.05 µm/px no optical scanner resolves
+#: anything (the diffraction limit is ~0.2 µm), above 100 µm/px a 512 px tile is 5 cm wide.
+MPP_RANGE = (0.05, 100.0)
+
+
+def check_int(option: str, value: int | None, lo: int, hi: int | None = None) -> int | None:
+    """``value`` (None passes) must satisfy ``lo <= value [<= hi]``."""
+    if value is None:
+        return None
+    if value < lo or (hi is not None and value > hi):
+        allowed = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"{option} {value}: must be {allowed}")
+    return value
+
+
+def check_float(
+    option: str,
+    value: float | None,
+    lo: float,
+    hi: float,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float | None:
+    """``value`` (None passes) must be finite and in ``[lo, hi]`` (ends optionally open)."""
+    if value is None:
+        return None
+    ok = math.isfinite(value)
+    ok = ok and (value > lo if lo_open else value >= lo)
+    ok = ok and (value < hi if hi_open else value <= hi)
+    if not ok:
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ConfigError(f"{option} {value}: must be a number in {lb}{lo:g}, {hi:g}{rb}")
+    return value
+
+
+def check_mpp(option: str, value: float | None) -> float | None:
+    """µm/px within :data:`MPP_RANGE` (None passes)."""
+    lo, hi = MPP_RANGE
+    if value is None:
+        return None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise ConfigError(
+            f"{option} {value}: µm/px must be between {lo:g} and {hi:g} "
+            "(e.g. 0.25 for a 40x scan, 0.5 for 20x, 1.0 for 10x)"
+        )
+    return value
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def bound_workers(option: str, value: int | None, n_items: int | None = None) -> int | None:
+    """Validate a worker count and cap it at the CPUs available and at ``n_items``.
+
+    Negative values are refused. A value above the cap is lowered with a notice (more processes
+    than CPUs or than slides only costs memory: ``--workers 100000`` once started a thousand
+    processes). 0 means "in this process" and is kept.
+    """
+    if value is None:
+        return None
+    if value < 0:
+        raise ConfigError(f"{option} {value}: must be 0 (in this process) or a positive count")
+    cap = available_cpus()
+    if n_items is not None:
+        cap = min(cap, max(1, n_items))
+    if value > cap:
+        log.warning(
+            "%s %d lowered to %d (CPUs available: %d%s)",
+            option,
+            value,
+            cap,
+            available_cpus(),
+            f", items: {n_items}" if n_items is not None else "",
+        )
+        return cap
+    return value
+
+
+def check_device(option: str, device: str | None) -> str | None:
+    """A torch device string that exists here (None: automatic choice), else ``ConfigError``."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(
+            f"{option} '{device}' is not a device; use cpu, cuda or cuda:N (or leave it out "
+            "to use a GPU when there is one)"
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(
+                f"{option} '{device}': no CUDA GPU is available here (torch.cuda.is_available() "
+                "is False); use --device cpu, or leave it out"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(
+                f"{option} '{device}': this machine has {n} CUDA GPU(s), numbered 0 to {n - 1}"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"{option} '{device}': Apple MPS is not available here; use cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"{option} '{device}': only cpu, cuda[:N] and mps are supported")
+    return device
