@@ -134,7 +134,7 @@ def test_predict_outputs(tiny_scoring_run: Path, slides: dict[str, Path], tmp_pa
     back = pd.read_csv(out / "summary.csv")
     assert len(back) == 3 and set(back["status"]) == {"ok"}
 
-    doc = json.loads((out / "S3.json").read_text())
+    doc = json.loads((out / "S3.her2scope.json").read_text())
     for key in (
         "score",
         "probabilities",
@@ -159,7 +159,7 @@ def test_predict_outputs(tiny_scoring_run: Path, slides: dict[str, Path], tmp_pa
     assert "not a medical device" in doc["note"]
     assert doc["roi_path"].endswith("S3.geojson")
 
-    gj = json.loads((out / "S3.geojson").read_text())
+    gj = json.loads((out / "S3.her2scope-tiles.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == 4
     xs = sorted({f["geometry"]["coordinates"][0][0][0] for f in gj["features"]})
     assert xs == [0.0, 64.0]
@@ -173,7 +173,7 @@ def test_predict_outputs(tiny_scoring_run: Path, slides: dict[str, Path], tmp_pa
     from PIL import Image
 
     for sid in ("S3", "S1", "S2"):
-        with Image.open(out / f"{sid}_heatmap.png") as im:
+        with Image.open(out / f"{sid}.her2scope-heatmap.png") as im:
             assert im.format == "PNG" and im.size[0] > 100
     assert not list(out.glob(".*.tmp*"))  # atomic writes left nothing behind
 
@@ -204,8 +204,8 @@ def test_one_failing_slide_does_not_stop_the_others(
     assert list(s["slide_id"]) == ["S1", "BROKEN", "S2"]
     assert list(s["status"]) == ["ok", "failed", "ok"]
     assert s.loc[1, "error"] != "" and "BROKEN.tif" in s.loc[1, "error"]
-    assert (out / "S1.json").is_file() and (out / "S2.json").is_file()
-    assert not (out / "BROKEN.json").exists()
+    assert (out / "S1.her2scope.json").is_file() and (out / "S2.her2scope.json").is_file()
+    assert not (out / "BROKEN.her2scope.json").exists()
 
 
 def test_sharding_takes_every_nth_slide(
@@ -220,7 +220,11 @@ def test_sharding_takes_every_nth_slide(
         assert rep.summary_path.name == f"summary.shard-{i}-of-2.csv"
         seen.append(list(rep.summary["slide_id"]))
     assert seen == [["S3", "S2"], ["S1"]]
-    assert sorted(p.stem for p in tmp_path.glob("*.json")) == ["S1", "S2", "S3"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "S1.her2scope.json",
+        "S2.her2scope.json",
+        "S3.her2scope.json",
+    ]
 
 
 def test_bad_roi_argument_is_a_clear_error(

@@ -37,9 +37,11 @@ def predict(
     """Score slides with a trained run: HER2 score, probabilities, uncertainty, reflex-FISH flag.
 
     Tiles each slide as in training, fits its stain normaliser on its own tiles, predicts all tiles
-    and aggregates them with the run's rule. Writes OUT/<slide_id>.json, OUT/<slide_id>_heatmap.png,
-    OUT/<slide_id>.geojson (QuPath: File → Import objects) and OUT/summary.csv. A failing slide is
-    reported and the others go on; the exit status is 1 when any slide failed. See docs/predict.md.
+    and aggregates them with the run's rule. Writes OUT/<slide_id>.her2scope.json,
+    OUT/<slide_id>.her2scope-heatmap.png, OUT/<slide_id>.her2scope-tiles.geojson (QuPath: File →
+    Import objects) and OUT/summary.csv; refuses (exit 2, nothing written) when an output would
+    replace an input. A failing slide is reported and the others go on; the exit status is 1 when
+    any slide failed. See docs/predict.md.
     Research software, not a medical device.
     """
     from her2scope.scoring.score import parse_shard, score_slides

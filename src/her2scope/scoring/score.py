@@ -1,8 +1,11 @@
 """Score new slides with a trained run: tile as in training, normalise, predict, aggregate, write.
 
-Per slide (``out_dir``): ``<slide_id>.json`` (score, probabilities, tile percentages, uncertainty,
-reflex-FISH flag, provenance), ``<slide_id>_heatmap.png`` and ``<slide_id>.geojson`` (QuPath
-detections). Per call: ``summary.csv`` (``summary.shard-<i>-of-<n>.csv`` when sharded).
+Per slide (``out_dir``): ``<slide_id>.her2scope.json`` (score, probabilities, tile percentages,
+uncertainty, reflex-FISH flag, provenance), ``<slide_id>.her2scope-heatmap.png`` and
+``<slide_id>.her2scope-tiles.geojson`` (QuPath detections); the names cannot be taken by a slide,
+an ROI file or a QuPath export, and nothing is written when an output would replace an input.
+Per call: ``summary.csv`` (``summary.shard-<i>-of-<n>.csv`` when sharded), merged with the rows of
+earlier calls into the same folder.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import datetime as _dt
 import logging
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +22,17 @@ import numpy as np
 
 from her2scope._io import write_json, write_with
 from her2scope._progress import track
+from her2scope.engine.runinfo import load_run_provenance
 from her2scope.errors import ConfigError, Her2ScopeError
-from her2scope.scoring.reflex import reflex_fish, slide_uncertainty
+from her2scope.evaluate.calibration import (
+    Calibration,
+    apply_temperature,
+    load_calibration,
+    reflex_decision,
+    slide_uncertainty,
+)
+from her2scope.scoring.qc import QCConfig, run_checks
+from her2scope.scoring.qc import reasons as qc_reasons
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +68,50 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"--shard '{text}': need 0 <= i < n (i is 0-based)")
     return i, n
+
+
+def output_paths(out_dir: str | Path, slide_id: str) -> dict[str, Path]:
+    """The files ``predict`` writes for one slide (the one place their names are spelled)."""
+    out = Path(out_dir)
+    return {
+        "json": out / f"{slide_id}.her2scope.json",
+        "heatmap": out / f"{slide_id}.her2scope-heatmap.png",
+        "qupath_geojson": out / f"{slide_id}.her2scope-tiles.geojson",
+    }
+
+
+def summary_name(shard: tuple[int, int] | None) -> str:
+    """``summary.csv``, or ``summary.shard-<i>-of-<n>.csv`` for a shard."""
+    return "summary.csv" if shard is None else f"summary.shard-{shard[0]}-of-{shard[1]}.csv"
+
+
+def _input_files(paths: Sequence[Path], rois: str | Path | None, run_dir: Path) -> list[Path]:
+    """Every file ``predict`` reads: the slides, the ROI file or the ROI folder's files, the run."""
+    files = list(paths)
+    if rois is not None:
+        r = Path(rois)
+        files += [p for p in r.iterdir() if p.is_file()] if r.is_dir() else [r]
+    if run_dir.is_dir():
+        files += [p for p in run_dir.rglob("*") if p.is_file()]
+    return files
+
+
+def _merge_summary(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """Rows of an existing summary for slides not scored now, then the new rows."""
+    import pandas as pd
+
+    if not path.is_file():
+        return new
+    try:
+        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        log.warning("summary %s could not be read; it is replaced by this call's rows", path)
+        return new
+    if "slide_id" not in old.columns:
+        return new
+    keep = old[~old["slide_id"].isin(set(new["slide_id"].astype(str)))]
+    merged = pd.concat([keep.reindex(columns=new.columns), new.astype(object)], ignore_index=True)
+    return merged.reindex(columns=new.columns)
 
 
 def slide_id_of(path: str | Path) -> str:
@@ -110,9 +166,12 @@ def _resolve_roi(rois: str | Path | None, slide: Path, n_slides: int) -> Path | 
 
 
 def _fit_normalizer(cfg: Any, tiles_df: pd.DataFrame, input_px: int) -> Any:
-    """A stain normaliser fitted on this slide's own tiles (as training did), or None."""
-    if cfg.stain.mode == "none":
-        return None
+    """A stain normaliser fitted on this slide's own tiles (as training did).
+
+    Fitted even when the run does not normalise (``stain.mode=none``, then in ``preserve_dab``
+    mode): the QC gates read the fitted stain vectors.
+    """
+    mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
     try:
         from her2scope.stain import StainNormalizer
     except ImportError as exc:  # pragma: no cover - depends on the stain stage being installed
@@ -123,7 +182,7 @@ def _fit_normalizer(cfg: Any, tiles_df: pd.DataFrame, input_px: int) -> Any:
     pick = np.linspace(0, len(tiles_df) - 1, n).round().astype(int)
     ds = TileDataset(tiles_df.iloc[pick].reset_index(drop=True), input_px)
     images = [ds.read_rgb(i) for i in range(len(ds))]
-    norm = StainNormalizer(mode=cfg.stain.mode, reference=cfg.stain.reference)
+    norm = StainNormalizer(mode=mode, reference=cfg.stain.reference)
     fitted = norm.fit(images)
     return fitted if fitted is not None else norm
 
@@ -138,13 +197,19 @@ def score_slides(
     mpp: float | None = None,
     device: str | None = None,
     batch_size: int = 64,
+    qc: QCConfig | None = None,
+    force: bool = False,
 ) -> ScoreReport:
     """Score ``slides`` with the best checkpoint of ``run_dir``; write results to ``out_dir``.
 
     ``rois`` is one ROI file (one slide) or a folder of ``<slide_id>.<geojson|json|xml>``.
     ``shard=(i, n)`` keeps every n-th slide starting at i (0-based). ``mpp`` (level-0 µm/px) is
     used for slides whose file has none. A slide that fails is logged and listed in the summary
-    (``status=failed``, ``error``); the others go on.
+    (``status=failed``, ``error``); the others go on. A slide that fails a QC gate (``qc``
+    thresholds, see :mod:`her2scope.scoring.qc`) gets ``status=qc_failed`` and no score, unless
+    ``force``: then it is scored and the failed checks stay in its JSON and the summary.
+    Probabilities are calibrated and the reflex flag follows the run's policy
+    (``RUN/calibration.json``; a run without one uses T = 1 and ``evaluate.reflex_uncertainty``).
     """
     import pandas as pd
 
@@ -168,17 +233,35 @@ def score_slides(
             f"--roi '{rois}' is one file but {len(slides)} slides were given; give a folder of "
             "<slide_id>.geojson/.xml files instead"
         )
+    from her2scope._io import ensure_writable, refuse_replacing_inputs
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    planned = [p for path in paths for p in output_paths(out, slide_id_of(path)).values()]
+    planned.append(out / summary_name(shard))
+    refuse_replacing_inputs(
+        planned,
+        _input_files(paths, rois, Path(run_dir)),
+        "choose another --out folder (predict never overwrites a slide, an ROI or a run file)",
+    )
+    ensure_writable(out)
     dev = resolve_device(device)
     model, meta = load_run_model(run_dir, "best", device=dev)
+    ctx = _RunContext(
+        calibration=load_calibration(run_dir, meta.config.evaluate.reflex_uncertainty),
+        train_mpp=training_mpp(run_dir, meta),
+        qc=qc or QCConfig(),
+        force=force,
+        weights=load_run_provenance(run_dir).get("weights"),
+    )
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
     for path in track(paths, "score slides"):
         sid = slide_id_of(path)
         try:
             roi = _resolve_roi(rois, path, len(slides))
-            result = _score_one(path, sid, roi, model, meta, out, workers, mpp, dev, batch_size)
+            result = _score_one(
+                path, sid, roi, model, meta, out, workers, mpp, dev, batch_size, ctx
+            )
             rows.append(
                 {"slide_id": sid, "slide_path": str(path), "status": "ok", **result, "error": ""}
             )
@@ -200,12 +283,15 @@ def score_slides(
         "n_tiles",
         "uncertainty",
         "reflex_fish",
+        "qc_passed",
+        "qc_failed_checks",
         "error",
     ]
     summary = pd.DataFrame(rows).reindex(columns=cols)
-    name = "summary.csv" if shard is None else f"summary.shard-{shard[0]}-of-{shard[1]}.csv"
-    summary_path = out / name
-    write_with(summary_path, lambda p: summary.to_csv(p, index=False))
+    summary["n_tiles"] = summary["n_tiles"].astype("Int64")  # 6, not 6.0, beside a failed row
+    summary_path = out / summary_name(shard)
+    merged = _merge_summary(summary_path, summary)
+    write_with(summary_path, lambda p: merged.to_csv(p, index=False))
     return ScoreReport(summary=summary, summary_path=summary_path, failures=failures)
 
 
@@ -220,9 +306,8 @@ def _score_one(
     mpp: float | None,
     device: Any,
     batch_size: int,
+    ctx: _RunContext,
 ) -> dict[str, Any]:
-    from her2scope import __version__
-    from her2scope.config import to_dict
     from her2scope.engine.predict import predict_tiles
     from her2scope.report.qupath import write_qupath_geojson
     from her2scope.scoring.heatmap import draw_heatmap, tile_value_map
@@ -239,8 +324,43 @@ def _score_one(
             f"{sidecar.get('n_dropped_roi', 0)} outside the ROI); check the ROI file and the "
             "tiling settings of the run"
         )
-    norm = _fit_normalizer(cfg, tiles, meta.input_px)
-    probs = predict_tiles(
+    fitted = _fit_normalizer(cfg, tiles, meta.input_px)
+    norm = fitted if cfg.stain.mode != "none" else None
+    with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
+        thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
+        w0, _ = slide.dimensions
+    checks = run_checks(fitted, norm is not None, thumb, tiles, ctx.train_mpp, ctx.qc)
+    failed_checks = [c.check for c in checks if not c.passed]
+    stain_fit = _stain_fit_record(fitted, norm is not None)
+    provenance = _provenance(meta, cfg, ctx)
+    qc_doc = [c.to_dict() for c in checks]
+    names = output_paths(out, sid)
+    if failed_checks and not ctx.force:
+        write_json(
+            names["json"],
+            {
+                "slide_id": sid,
+                "slide_path": str(path),
+                "status": "qc_failed",
+                "score": None,
+                "qc_passed": False,
+                "qc_reasons": qc_reasons(checks),
+                "qc": qc_doc,
+                "n_tiles": len(tiles),
+                "stain_fit": stain_fit,
+                "roi_path": str(roi_path) if roi_path is not None else None,
+                "provenance": provenance,
+                "note": NOT_A_DEVICE,
+            },
+        )
+        log.warning("slide %s not scored (QC): %s", sid, "; ".join(qc_reasons(checks)))
+        return {
+            "status": "qc_failed",
+            "n_tiles": len(tiles),
+            "qc_passed": False,
+            "qc_failed_checks": ";".join(failed_checks),
+        }
+    raw = predict_tiles(
         model,
         meta,
         tiles,
@@ -248,25 +368,22 @@ def _score_one(
         batch_size=batch_size,
         device=device,
     )
+    probs = apply_temperature(raw, ctx.calibration.temperature)
     slide_p, score, percent = aggregate_tiles(
         probs, classes, cfg.evaluate.aggregate, cfg.evaluate.percent_threshold
     )
     prob_map = {c: float(p) for c, p in zip(classes, slide_p, strict=True)}
-    reflex = reflex_fish(prob_map, score, cfg.evaluate.reflex_uncertainty)
+    reflex = reflex_decision(prob_map, score, ctx.calibration.policy)
     uncertainty = slide_uncertainty(slide_p)
-
-    with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
-        thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
-        w0, _ = slide.dimensions
-        level_ds = np.asarray(slide.level_downsamples, dtype=np.float64)
     downsample = w0 / thumb.shape[1]
     xy = tiles[["x", "y"]].to_numpy(dtype=np.float64)
-    side = tiles["read_px"].to_numpy(np.float64) * level_ds[tiles["level"].to_numpy(int)]
+    # the tiling grid's step in level-0 px (an integer), not read_px × a downsample like 4.0003
+    side = np.full(len(tiles), float(sidecar["level0_tile_px"]))
     expected = probs @ np.arange(len(classes), dtype=np.float64)
     vmap = tile_value_map(xy, side, expected, thumb.shape[:2], downsample)
     roi_geom = load_rois(roi_path, cfg.tiling.roi_classes) if roi_path is not None else None
     heatmap_path = draw_heatmap(
-        out / f"{sid}_heatmap.png",
+        names["heatmap"],
         thumb,
         vmap,
         downsample,
@@ -274,7 +391,7 @@ def _score_one(
         title=f"{sid}: HER2 {score} (expected score per tile; {meta.model_name})",
         roi=roi_geom,
     )
-    geojson_path = write_qupath_geojson(out / f"{sid}.geojson", xy, side, probs, classes)
+    geojson_path = write_qupath_geojson(names["qupath_geojson"], xy, side, probs, classes)
     doc = {
         "slide_id": sid,
         "slide_path": str(path),
@@ -285,29 +402,112 @@ def _score_one(
         "uncertainty": round(uncertainty, 6),
         "uncertainty_measure": "normalised entropy of the slide probabilities (0 certain, 1 uniform)",
         "reflex_fish": {"flag": bool(reflex["flag"]), "reason": str(reflex["reason"])},
+        "reflex_policy": {
+            "threshold": ctx.calibration.policy.threshold,
+            "description": ctx.calibration.policy.description,
+        },
+        "calibration": {"temperature": ctx.calibration.temperature, "level": ctx.calibration.level},
+        "status": "ok",
+        "qc_passed": not failed_checks,
+        "qc_forced": bool(failed_checks),
+        "qc_reasons": qc_reasons(checks),
+        "qc": qc_doc,
+        "stain_fit": stain_fit,
         "aggregate_rule": cfg.evaluate.aggregate,
         "roi_path": str(roi_path) if roi_path is not None else None,
         "outputs": {"heatmap": heatmap_path.name, "qupath_geojson": geojson_path.name},
-        "provenance": {
-            "model_name": meta.model_name,
-            "classes": list(classes),
-            "run_dir": str(Path(meta.run_dir).resolve()) if meta.run_dir else "",
-            "checkpoint": meta.checkpoint,
-            "epoch": meta.epoch,
-            "input_px": meta.input_px,
-            "tiling": to_dict(cfg.tiling),
-            "stain_mode": cfg.stain.mode,
-            "synthetic_training_data": bool(cfg.synthetic),
-            "her2scope_version": __version__,
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        },
+        "provenance": provenance,
         "note": NOT_A_DEVICE,
     }
-    write_json(out / f"{sid}.json", doc)
+    write_json(names["json"], doc)
     return {
         "score": score,
         **{f"prob_{c}": prob_map[c] for c in classes},
         "n_tiles": len(tiles),
         "uncertainty": uncertainty,
         "reflex_fish": bool(reflex["flag"]),
+        "qc_passed": not failed_checks,
+        "qc_failed_checks": ";".join(failed_checks),
+    }
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    """What every slide of one call shares: calibration, training µm/px, QC thresholds."""
+
+    calibration: Calibration
+    train_mpp: float | None
+    qc: QCConfig
+    force: bool
+    weights: dict[str, Any] | None
+
+
+def training_mpp(run_dir: str | Path, meta: Any) -> float | None:
+    """µm/px of the tiles the run was trained on.
+
+    From ``RUN/provenance.json`` (written by training); for older runs, the run's
+    ``tiling.target_mpp``, else the median ``mpp`` of its tile table; None when none is readable.
+    """
+    rec = load_run_provenance(run_dir).get("train_tile_mpp")
+    if rec:
+        return float(rec)
+    target = meta.config.tiling.target_mpp
+    if target:
+        return float(target)
+    table = Path(meta.tiles_dir) / "tiles.parquet"
+    if table.is_file():
+        import pandas as pd
+
+        try:
+            col = pd.read_parquet(table, columns=["mpp"])["mpp"]
+        except Exception:  # an unreadable table: the resolution gate fails with its reason
+            return None
+        if len(col):
+            return float(col.median())
+    return None
+
+
+def _stain_fit_record(fitted: Any, used: bool) -> dict[str, Any]:
+    """The slide's stain fit for the JSON: vectors, maxima, and whether tiles were normalised."""
+    if fitted is None:
+        return {"fitted": False, "used_for_normalisation": False, "reason": "no fit"}
+    d = fitted.to_dict()
+    return {
+        "fitted": not d["passthrough"],
+        "used_for_normalisation": bool(used and not d["passthrough"]),
+        "mode": d["mode"],
+        "reason": d["reason"],
+        "stain_matrix": d["stain_matrix"],
+        "max_conc": d["max_conc"],
+        "n_tissue_px": d["n_tissue_px"],
+    }
+
+
+def _provenance(meta: Any, cfg: Any, ctx: _RunContext) -> dict[str, Any]:
+    from her2scope import __version__
+    from her2scope.config import to_dict
+
+    cal = ctx.calibration
+    return {
+        "model_name": meta.model_name,
+        "classes": list(meta.classes),
+        "run_dir": str(Path(meta.run_dir).resolve()) if meta.run_dir else "",
+        "checkpoint": str(Path(meta.checkpoint).resolve()) if meta.checkpoint else "",
+        "epoch": meta.epoch,
+        "input_px": meta.input_px,
+        "weights": ctx.weights
+        or {"source": "unknown: the run predates provenance.json", "pretrained_loaded": None},
+        "train_tile_mpp": ctx.train_mpp,
+        "calibration": {
+            "temperature": cal.temperature,
+            "ece_before": cal.ece_before,
+            "ece_after": cal.ece_after,
+            "reflex_threshold": cal.policy.threshold,
+        },
+        "qc_thresholds": asdict(ctx.qc),
+        "tiling": to_dict(cfg.tiling),
+        "stain_mode": cfg.stain.mode,
+        "synthetic_training_data": bool(cfg.synthetic),
+        "her2scope_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
