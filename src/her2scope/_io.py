@@ -122,27 +122,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
 
 
-def read_manifest_csv(path: str | Path) -> Any:
-    """Read a manifest CSV as strings (no NaN, stripped headers) or raise ``ManifestError``.
-
-    Shared by the tiling stage (which checks only what it needs) and the cohort stage (full
-    validation), so both read the file the same way.
-    """
-    import pandas as pd
-
-    from her2scope.errors import ManifestError
-
-    path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except FileNotFoundError:
-        raise ManifestError(path, ["file not found"]) from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ManifestError(path, [f"not a readable CSV file ({exc})"]) from None
-    df.columns = [str(c).strip() for c in df.columns]
-    return df
-
-
 def os_error_reason(exc: BaseException) -> str | None:
     """The user-facing reason of an environment error (disk full, read-only, …), else ``None``.
 

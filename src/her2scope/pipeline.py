@@ -370,7 +370,13 @@ def format_timings(result: PipelineResult) -> str:
 def _run_tiling(manifest: Path, tiles_dir: Path, cfg: RunConfig, workers: int) -> None:
     from her2scope.tiling import tile_cohort
 
-    report = tile_cohort(manifest, tiles_dir, cfg.tiling, workers=workers)
+    report = tile_cohort(
+        manifest,
+        tiles_dir,
+        cfg.tiling,
+        workers=workers,
+        allow_absolute=cfg.cohort.allow_absolute_paths,
+    )
     for f in report.failures:
         log.warning("tiling: slide '%s' failed: %s", f["slide_id"], f["reason"])
     if report.n_tiles == 0:

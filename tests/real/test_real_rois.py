@@ -47,10 +47,40 @@ def test_tutorial_tissue_polygons_and_groups(
     shared_data: Path, name: str, n_all: int, classes: list[str], n_tissue: int
 ) -> None:
     rs = read_rois(shared_data / TUTORIAL / name)
-    assert rs.n_shapes == n_all and rs.classes == classes
+    # the "negative" group (pathml's convention) is an exclusion: cut out, never an ROI itself
+    assert rs.n_shapes == n_tissue and rs.n_excluded == n_all - n_tissue
+    assert rs.classes == classes
     tissue = read_rois(shared_data / TUTORIAL / name, classes=["tissue"])
     assert tissue.n_shapes == n_tissue and tissue.geometry.is_valid
-    assert tissue.geometry.area <= rs.geometry.area + 1e-6
+    assert tissue.geometry.equals(rs.geometry)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TCGA-G9-6378-01A-01-BS1.bc59e095-f3ab-4a6e-8cef-ea7fc76abec8.xml",
+        "BEST2 NEW 0189 P53 - MASSIVE ARTIFACT MAYBE RESCAN - 2020-12-29 21.11.36.xml",
+    ],
+)
+def test_tutorial_negative_regions_are_subtracted_from_the_tissue(
+    shared_data: Path, name: str
+) -> None:
+    import shapely
+
+    from her2scope.slide.rois import _parse_xml
+
+    path = shared_data / TUTORIAL / name
+    shapes, _ = _parse_xml(path, path.read_bytes())
+    tissue = shapely.union_all(
+        [shapely.make_valid(s.geom) for s in shapes if "tissue" in s.classes]
+    )
+    negative = shapely.union_all(
+        [shapely.make_valid(s.geom) for s in shapes if "negative" in s.classes]
+    )
+    cut = tissue.intersection(negative).area
+    assert cut > 0.001 * tissue.area  # the file really has negative regions inside the tissue
+    rs = read_rois(path)
+    assert rs.geometry.area == pytest.approx(tissue.area - cut, rel=1e-6)
 
 
 def test_camelyon_splines_are_repaired_and_kept(shared_data: Path) -> None:

@@ -276,3 +276,96 @@ def test_find_roi_file_prefers_geojson(tmp_path: Path) -> None:
     (tmp_path / "S1.geojson").write_text("[]")
     assert find_roi_file(tmp_path, "S1") == tmp_path / "S1.geojson"
     assert find_roi_file(tmp_path, "S2") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Exclusions: QuPath Ignore*, ASAP negative groups, Aperio NegativeROA
+# ----------------------------------------------------------------------------------------------
+
+
+def test_qupath_ignore_regions_are_cut_out_of_every_roi_they_overlap(tmp_path: Path) -> None:
+    """Two Tumor squares side by side; one Ignore* rectangle straddles both; a Stroma ROI."""
+    feats = [
+        _feature({"type": "Polygon", "coordinates": [_square(0, 0, 100)]}, "Tumor"),
+        _feature({"type": "Polygon", "coordinates": [_square(100, 0, 100)]}, "Tumor"),
+        _feature({"type": "Polygon", "coordinates": [_square(300, 0, 50)]}, "Stroma"),
+        _feature(
+            {"type": "Polygon", "coordinates": [[[80, 20], [120, 20], [120, 60], [80, 60]]]},
+            "Ignore*",
+        ),
+    ]
+    path = _write(tmp_path, "ign.geojson", {"type": "FeatureCollection", "features": feats})
+    tumour = read_rois(path, classes=["Tumor"])  # the filter never drops an exclusion
+    assert tumour.n_shapes == 2 and tumour.n_excluded == 1
+    assert tumour.geometry.area == pytest.approx(2 * 100 * 100 - 40 * 40)
+    for pt in [(90, 40), (110, 40)]:  # inside the exclusion, on either ROI
+        assert not tumour.geometry.contains(shapely.Point(pt))
+    assert tumour.geometry.contains(shapely.Point(50, 80))
+    everything = read_rois(path)  # Ignore* is never an ROI itself
+    assert everything.geometry.area == pytest.approx(2 * 100 * 100 - 40 * 40 + 50 * 50)
+    assert "Ignore*" in everything.classes
+
+
+def test_an_exclusion_covering_every_roi_leaves_no_roi_and_says_why(tmp_path: Path) -> None:
+    feats = [
+        _feature({"type": "Polygon", "coordinates": [_square(10, 10, 20)]}, "Tumor"),
+        _feature({"type": "Polygon", "coordinates": [_square(0, 0, 100)]}, "Ignore"),
+    ]
+    path = _write(tmp_path, "all.geojson", feats)
+    rs = read_rois(path)
+    assert rs.geometry is None
+    assert rs.empty_reason == "the 1 exclusion region(s) (Ignore*/negative) cover every ROI"
+
+
+ASAP_NEGATIVE = """<?xml version="1.0"?>
+<ASAP_Annotations><Annotations>
+  <Annotation Name="t" Type="Polygon" PartOfGroup="tissue"><Coordinates>
+    <Coordinate Order="0" X="0" Y="0"/><Coordinate Order="1" X="300" Y="0"/>
+    <Coordinate Order="2" X="300" Y="100"/><Coordinate Order="3" X="0" Y="100"/>
+  </Coordinates></Annotation>
+  <Annotation Name="n1" Type="Rectangle" PartOfGroup="negative"><Coordinates>
+    <Coordinate Order="0" X="10" Y="10"/><Coordinate Order="1" X="30" Y="10"/>
+    <Coordinate Order="2" X="30" Y="30"/><Coordinate Order="3" X="10" Y="30"/>
+  </Coordinates></Annotation>
+  <Annotation Name="c" Type="Rectangle" PartOfGroup="_2"><Coordinates>
+    <Coordinate Order="0" X="200" Y="0"/><Coordinate Order="1" X="400" Y="0"/>
+    <Coordinate Order="2" X="400" Y="50"/><Coordinate Order="3" X="200" Y="50"/>
+  </Coordinates></Annotation>
+</Annotations><AnnotationGroups>
+  <Group Name="tissue" PartOfGroup="None"/><Group Name="negative" PartOfGroup="None"/>
+  <Group Name="_2" PartOfGroup="None"/>
+</AnnotationGroups></ASAP_Annotations>
+"""
+
+
+def test_asap_negative_and_camelyon_exclusion_groups_are_subtracted(tmp_path: Path) -> None:
+    path = _write(tmp_path, "neg.xml", ASAP_NEGATIVE)
+    rs = read_rois(path)
+    assert rs.n_shapes == 1 and rs.n_excluded == 2
+    assert rs.geometry.area == pytest.approx(300 * 100 - 20 * 20 - 100 * 50)
+    assert not rs.geometry.contains(shapely.Point(20, 20))
+    assert not rs.geometry.contains(shapely.Point(250, 25))
+    assert read_rois(path, classes=["tissue"]).geometry.equals(rs.geometry)
+
+
+def test_aperio_negative_regions_cut_only_their_own_annotation(tmp_path: Path) -> None:
+    xml = """<Annotations>
+  <Annotation Id="1" Name="Tumor"><Regions>
+    <Region Id="1" Type="1" NegativeROA="0"><Vertices><Vertex X="0" Y="0"/><Vertex X="100" Y="0"/>
+      <Vertex X="100" Y="100"/><Vertex X="0" Y="100"/></Vertices></Region>
+    <Region Id="2" Type="1" NegativeROA="0"><Vertices><Vertex X="100" Y="0"/>
+      <Vertex X="200" Y="0"/><Vertex X="200" Y="100"/><Vertex X="100" Y="100"/></Vertices></Region>
+    <Region Id="3" Type="1" NegativeROA="1"><Vertices><Vertex X="80" Y="20"/>
+      <Vertex X="120" Y="20"/><Vertex X="120" Y="60"/><Vertex X="80" Y="60"/></Vertices></Region>
+  </Regions></Annotation>
+  <Annotation Id="2" Name="Stroma"><Regions>
+    <Region Id="1" Type="1" NegativeROA="0"><Vertices><Vertex X="80" Y="200"/>
+      <Vertex X="120" Y="200"/><Vertex X="120" Y="260"/><Vertex X="80" Y="260"/></Vertices></Region>
+  </Regions></Annotation>
+</Annotations>"""
+    rs = read_rois(_write(tmp_path, "neg.xml", xml))
+    assert rs.n_shapes == 3 and rs.n_excluded == 1
+    # the hole straddles both Tumor regions; the Stroma layer keeps its full area
+    assert rs.geometry.area == pytest.approx(200 * 100 - 40 * 40 + 40 * 60)
+    assert not rs.geometry.contains(shapely.Point(90, 40))
+    assert not rs.geometry.contains(shapely.Point(110, 40))

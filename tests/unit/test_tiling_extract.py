@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from her2scope.errors import ManifestError, SlideError
+from her2scope.errors import ManifestError, RoiError, SlideError
 from her2scope.slide import open_slide
 from her2scope.slide.write import write_pyramidal_tiff
 from her2scope.tiling.config import TilingConfig
@@ -136,21 +137,39 @@ def test_target_mpp_reads_the_pyramid_level(slide_file: tuple[Path, np.ndarray])
         )
 
 
-def test_empty_and_outside_rois_give_zero_tiles_with_warnings(
+def test_an_roi_file_without_an_roi_fails_the_slide_with_its_reason(
     slide_file: tuple[Path, np.ndarray], tmp_path: Path
 ) -> None:
     path, _ = slide_file
     stroma = _roi(tmp_path / "s.geojson", 3 * T, cls="Stroma")
-    df, sc = tile_slide(
-        path, "s1", TilingConfig(tile_px=T, roi_classes=("Tumor",)), roi_path=stroma
-    )
-    assert len(df) == 0 and list(df.columns) == list(TILE_COLUMNS)
-    assert _counts(sc) == (60, 0, 0, 60, 0)
-    assert any("no ROI of class Tumor" in w for w in sc["warnings"])
+    with pytest.raises(RoiError, match=r"no ROI of class Tumor \(classes in the file: Stroma\)"):
+        tile_slide(path, "s1", TilingConfig(tile_px=T, roi_classes=("Tumor",)), roi_path=stroma)
     feat = {"type": "Polygon", "coordinates": [[[2400, 0], [3000, 0], [3000, 600], [2400, 600]]]}
     (tmp_path / "o.geojson").write_text(json.dumps(feat))
     _, sc = tile_slide(path, "s1", TilingConfig(tile_px=T), roi_path=tmp_path / "o.geojson")
     assert any("lies outside the slide; clipped" in w for w in sc["warnings"])
+    away = {"type": "Polygon", "coordinates": [[[9000, 0], [9900, 0], [9900, 900], [9000, 900]]]}
+    (tmp_path / "away.geojson").write_text(json.dumps(away))
+    with pytest.raises(RoiError) as info:
+        tile_slide(path, "s1", TilingConfig(tile_px=T), roi_path=tmp_path / "away.geojson")
+    assert "every ROI lies outside the slide (2600×1536 px at level 0" in str(info.value)
+    assert "x 9000–9900, y 0–900" in str(info.value) and "away.geojson" in str(info.value)
+
+
+def test_roi_outside_the_slide_is_a_failure_of_that_slide_only(
+    slide_file: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    path, _ = slide_file
+    shutil.copy(path, tmp_path / "s1.tif")
+    away = {"type": "Polygon", "coordinates": [[[9000, 0], [9900, 0], [9900, 900], [9000, 900]]]}
+    (tmp_path / "away.geojson").write_text(json.dumps(away))
+    _roi(tmp_path / "r.geojson", 3 * T)
+    m = tmp_path / "m.csv"
+    m.write_text("slide_id,slide_path,roi_path\nfar,s1.tif,away.geojson\nnear,s1.tif,r.geojson\n")
+    report = tile_cohort(m, tmp_path / "out", TilingConfig(tile_px=T))
+    assert [f["slide_id"] for f in report.failures] == ["far"]
+    assert "every ROI lies outside the slide" in report.failures[0]["reason"]
+    assert report.n_tiles == 4 and not (tmp_path / "out" / "slides" / "far.json").exists()
 
 
 def test_read_errors_are_counted_and_the_tile_dropped(
@@ -185,7 +204,7 @@ def test_plain_image_needs_mpp(tmp_path: Path) -> None:
     assert list(zip(df.x, df.y, strict=True)) == [(0, 0)] and sc["mpp_x"] == 0.25
 
 
-def _manifest(tmp_path: Path, slide: Path, roi: Path) -> Path:
+def _manifest(tmp_path: Path, slide: Path | str, roi: Path) -> Path:
     (tmp_path / "broken.svs").write_bytes(b"\x00not a slide" * 100)
     rows = [
         "slide_id,patient_id,center,label,slide_path,roi_path",
@@ -209,7 +228,11 @@ def test_cohort_goes_on_past_a_broken_slide_and_keeps_sidecar_keys(
         json.dumps({"stain": {"mode": "x"}, "n_kept": -1})
     )
     report = tile_cohort(
-        _manifest(tmp_path, path, roi), out, TilingConfig(tile_px=T), export_tiles=True
+        _manifest(tmp_path, path, roi),
+        out,
+        TilingConfig(tile_px=T),
+        export_tiles=True,
+        allow_absolute=True,  # the slide lives in another temporary folder
     )
     assert not report.ok
     assert [f["slide_id"] for f in report.failures] == ["bad"]
@@ -224,6 +247,9 @@ def test_cohort_goes_on_past_a_broken_slide_and_keeps_sidecar_keys(
     side = json.loads((out / "slides" / "good_roi.json").read_text())
     assert side["stain"] == {"mode": "x"} and side["n_kept"] == 4  # unknown key kept, counts new
     assert sorted(p.name for p in (out / "qc").iterdir()) == ["good_mask.png", "good_roi.png"]
+    mask_side = json.loads((out / "slides" / "good_mask.json").read_text())
+    assert mask_side["warnings"][0].startswith("the manifest gives no roi_path: tiled on the whole")
+    assert side["warnings"] == []
     assert not (out / "slides" / "bad.json").exists()
     exported = sorted((out / "tiles" / "good_roi").iterdir())
     assert len(exported) == 4 and exported[0].name == f"good_roi_x{T}_y{T}.png"
@@ -241,7 +267,8 @@ def test_cli_exits_non_zero_with_a_summary_and_workers_agree(
 
     path, _ = slide_file
     roi = _roi(tmp_path / "r.geojson", 3 * T)
-    manifest = _manifest(tmp_path, path, roi)
+    shutil.copy(path, tmp_path / "s1.tif")  # manifest paths stay inside its folder
+    manifest = _manifest(tmp_path, "s1.tif", roi)
     res = CliRunner().invoke(
         app,
         [
@@ -285,19 +312,46 @@ def test_cli_exits_non_zero_with_a_summary_and_workers_agree(
 
 
 def test_manifest_problems_are_reported_all_at_once(tmp_path: Path) -> None:
+    for name in ("a.svs", "b.svs", "c.svs", "e.svs"):
+        (tmp_path / name).write_bytes(b"x")
     m = tmp_path / "m.csv"
     m.write_text(
-        "slide_id,slide_path,mpp\na,a.svs,0.5\na,b.svs,\n,c.svs,\nd,../outside.svs,\ne,e.svs,fast\n"
+        "slide_id,slide_path,mpp\na,a.svs,0.5\na,b.svs,\n,c.svs,\nd,../outside.svs,\n"
+        "e,e.svs,fast\nf,missing.svs,\n"
     )
     with pytest.raises(ManifestError) as info:
         tile_cohort(m, tmp_path / "out", TilingConfig())
-    problems = info.value.problems
-    assert problems == [
-        "row 3: slide_id 'a' repeats row 2",
+    base = tmp_path.resolve()
+    assert info.value.problems == [
+        "row 3: duplicate slide_id 'a' (first on row 2)",
         "row 4: empty slide_id",
-        "row 5 slide_path '../outside.svs' leaves the manifest's folder; give an absolute path if intended",
+        f"row 5: slide_path '../outside.svs' leaves the manifest's folder {base}; move the file "
+        "or allow absolute paths (cohort.allow_absolute_paths=true)",
         "row 6: mpp 'fast' is not a positive number (µm per pixel)",
+        f"row 7: slide_path 'missing.svs' not found (looked for {base / 'missing.svs'})",
     ]
+    assert not (tmp_path / "out").exists()  # nothing written before the manifest is fixed
     m.write_text("id,path\nx,y\n")
     with pytest.raises(ManifestError, match="missing column"):
         tile_cohort(m, tmp_path / "out", TilingConfig())
+
+
+def test_tiling_and_training_read_a_manifest_with_one_path_rule(
+    slide_file: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    from her2scope.cohort import load_manifest
+    from her2scope.tiling.extract import read_tiling_manifest
+
+    path, _ = slide_file
+    m = tmp_path / "m.csv"
+    m.write_text(f"slide_id,patient_id,center,label,slide_path\ns1,p1,A,2+,{path}\n")
+    with pytest.raises(ManifestError) as tiling:
+        read_tiling_manifest(m)
+    with pytest.raises(ManifestError) as training:
+        load_manifest(m)
+    assert tiling.value.problems == training.value.problems
+    assert "is absolute" in tiling.value.problems[0]
+    (entry,) = read_tiling_manifest(m, allow_absolute=True)
+    df = load_manifest(m, allow_absolute=True)
+    assert str(entry.slide_path) == df.slide_path[0] == str(path.resolve())
+    assert entry.extra == {"patient_id": "p1", "center": "A", "label": "2+"}

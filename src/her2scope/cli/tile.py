@@ -66,6 +66,12 @@ def tile(
     reader: str = typer.Option(
         "auto", "--reader", help="Slide reader: auto, openslide, tiffslide or image."
     ),
+    allow_absolute_paths: bool = typer.Option(
+        False,
+        "--allow-absolute-paths",
+        help="Accept manifest paths that are absolute or leave the manifest's folder "
+        "(cohort.allow_absolute_paths).",
+    ),
 ) -> None:
     """Tile slides inside their ROIs (or tissue), dropping tiles with too much white background.
 
@@ -99,7 +105,7 @@ def tile(
             raise ConfigError("give either one manifest CSV or slide files, not both")
         if rois is not None:
             raise ConfigError("--rois is for slide paths; a manifest names ROIs in 'roi_path'")
-        entries = read_tiling_manifest(csvs[0])
+        entries = read_tiling_manifest(csvs[0], allow_absolute=allow_absolute_paths)
         for e in entries:
             e.mpp = e.mpp if e.mpp is not None else mpp
     else:

@@ -15,6 +15,12 @@ Formats (picked from the file's content, not its suffix):
   of its annotation as a hole. The class is the annotation's ``Name`` (or any of its attribute
   names/values).
 
+**Exclusions**: shapes whose class starts with ``Ignore`` (QuPath's ``Ignore*``) or is
+``negative``, ``exclusion``, ``exclude(d)`` or ``_2`` (ASAP conventions: pathml's negative group,
+Camelyon16's exclusion group) are cut out of the union of all ROIs, whatever
+the class filter, also where they overlap several ROIs. Aperio's ``NegativeROA`` regions are cut
+out of their own annotation (layer).
+
 Coordinates are level-0 pixels, origin top-left (what all three tools write). All XML is parsed
 with defusedxml: DTD entity tricks (XXE, "billion laughs") are rejected with :class:`RoiError`.
 
@@ -47,6 +53,19 @@ ROI_SUFFIXES = (".geojson", ".json", ".xml")
 _SPLINE_STEPS = 8  # straight segments per spline span
 
 
+#: Class names (case-insensitive) of exclusion shapes: cut out of the ROIs, never tiled.
+#: ``Ignore*`` is QuPath's built-in class; ``negative`` / ``exclusion`` are ASAP conventions
+#: (pathml writes a ``negative`` group); ``_2`` is the exclusion group of Camelyon16's ASAP files.
+EXCLUSION_CLASSES: tuple[str, ...] = ("negative", "exclusion", "exclude", "excluded", "_2")
+
+
+def is_exclusion_class(name: str) -> bool:
+    """True for a class that marks regions to cut out: ``Ignore*`` (any ``Ignore…``) or one of
+    :data:`EXCLUSION_CLASSES`."""
+    key = name.strip().lower()
+    return key.startswith("ignore") or key in EXCLUSION_CLASSES
+
+
 @dataclass
 class RoiSet:
     """The ROIs of one file: their union, the classes seen, and notes about what was changed."""
@@ -56,6 +75,8 @@ class RoiSet:
     classes: list[str] = field(default_factory=list)  # every class name seen in the file
     n_shapes: int = 0  # polygons kept (after the class filter)
     warnings: list[str] = field(default_factory=list)
+    n_excluded: int = 0  # exclusion polygons (Ignore*, negative groups) cut out of the ROIs
+    empty_reason: str = ""  # why ``geometry`` is None
 
 
 def load_rois(path: str | Path, classes: Sequence[str] | None = None) -> BaseGeometry | None:
@@ -113,15 +134,20 @@ def _assemble(
                 seen.append(c)
     wanted = {c.strip().lower() for c in classes} if classes else None
     positives: dict[str, list[BaseGeometry]] = {}
-    negatives: dict[str, list[BaseGeometry]] = {}
+    negatives: dict[str, list[BaseGeometry]] = {}  # Aperio NegativeROA: per annotation
+    exclusions: list[BaseGeometry] = []  # Ignore* / negative groups: cut out of every ROI
     for s in shapes:
-        if wanted is not None and not wanted & {c.lower() for c in s.classes}:
+        excluded = any(is_exclusion_class(c) for c in s.classes)
+        if not excluded and wanted is not None and not wanted & {c.lower() for c in s.classes}:
             continue
         geom = _repair(s, warnings, path)
         if geom is None:
             continue
-        target = negatives if s.negative else positives
-        target.setdefault(s.group, []).append(geom)
+        if excluded:
+            exclusions.append(geom)
+        else:
+            target = negatives if s.negative else positives
+            target.setdefault(s.group, []).append(geom)
     parts: list[BaseGeometry] = []
     for group, geoms in positives.items():
         u = shapely.union_all(geoms)
@@ -130,21 +156,30 @@ def _assemble(
         if not u.is_empty:
             parts.append(u)
     n_shapes = sum(len(g) for g in positives.values())
+    n_excluded = len(exclusions) + sum(len(g) for k, g in negatives.items() if k in positives)
+
+    def empty(reason: str) -> RoiSet:
+        warnings.append(f"ROI file '{path}': {reason}")
+        return RoiSet(str(path), None, seen, 0, warnings, n_excluded, reason)
+
     if not parts:
         if wanted is not None and n_shapes == 0:
-            msg = (
+            return empty(
                 f"no ROI of class {', '.join(sorted(classes or []))} "
-                f"(classes in the file: {', '.join(seen) or 'none'}); the slide gets zero tiles"
+                f"(classes in the file: {', '.join(seen) or 'none'}); check tiling.roi_classes"
             )
-        else:
-            msg = "no usable ROI polygon in the file; the slide gets zero tiles"
-        warnings.append(f"ROI file '{path}': {msg}")
-        return RoiSet(str(path), None, seen, 0, warnings)
-    union = _polygonal(shapely.make_valid(shapely.union_all(parts)))
-    if union is None or union.is_empty:
-        warnings.append(f"ROI file '{path}': the ROIs have zero area; the slide gets zero tiles")
-        return RoiSet(str(path), None, seen, 0, warnings)
-    return RoiSet(str(path), union, seen, n_shapes, warnings)
+        return empty("no usable ROI polygon in the file")
+    union = shapely.union_all(parts)
+    if exclusions:
+        union = union.difference(shapely.union_all(exclusions))
+    union = _polygonal(shapely.make_valid(union)) if not union.is_empty else None
+    if union is None or union.is_empty or union.area <= 0:
+        if exclusions:
+            return empty(
+                f"the {len(exclusions)} exclusion region(s) (Ignore*/negative) cover every ROI"
+            )
+        return empty("the ROIs have zero area")
+    return RoiSet(str(path), union, seen, n_shapes, warnings, n_excluded)
 
 
 def _repair(s: _Shape, warnings: list[str], path: Path) -> BaseGeometry | None:

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from her2scope._io import atomic_path, read_manifest_csv, write_json
+from her2scope._io import atomic_path, write_json
 from her2scope._progress import track
-from her2scope.errors import Her2ScopeError, ManifestError, SlideError
+from her2scope.errors import Her2ScopeError, RoiError, SlideError
 from her2scope.tiling.background import box_coverage, tissue_mask, white_fraction
 from her2scope.tiling.config import TilingConfig
 from her2scope.tiling.grid import TileGeometry, grid_origins, n_grid, plan_geometry
@@ -128,8 +128,17 @@ def tile_slide(
         roi = None
         if roi_path is not None:
             rs = read_rois(roi_path, cfg.roi_classes)
+            if rs.geometry is None:  # an ROI file that gives no ROI fails its slide, loudly
+                raise RoiError(roi_path, rs.empty_reason)
             warnings += rs.warnings
             roi, clip_notes = clip_to_slide(rs.geometry, w0, h0, f"ROI file '{roi_path}'")
+            if roi is None:
+                raise RoiError(
+                    roi_path,
+                    f"every ROI lies outside the slide ({w0}×{h0} px at level 0; ROI bounds "
+                    f"{_bounds_txt(rs.geometry.bounds)}); are the coordinates for another slide "
+                    "or another pyramid level?",
+                )
             warnings += clip_notes
             xs, ys, cover = _roi_candidates(roi, w0, h0, step, cfg)
         else:
@@ -217,6 +226,11 @@ def _check_cfg(cfg: TilingConfig) -> None:
         raise ConfigError(f"tiling.min_roi_cover = {cfg.min_roi_cover} must be within (0, 1]")
     if cfg.target_mpp is not None and not cfg.target_mpp > 0:
         raise ConfigError(f"tiling.target_mpp = {cfg.target_mpp} must be positive")
+
+
+def _bounds_txt(bounds: tuple[float, float, float, float]) -> str:
+    x0, y0, x1, y1 = bounds
+    return f"x {x0:.0f}–{x1:.0f}, y {y0:.0f}–{y1:.0f}"
 
 
 def _thumb_px(w0: int, h0: int, step: int) -> int:
@@ -481,6 +495,7 @@ class SlideEntry:
     roi_path: Path | None = None
     mpp: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # added to the slide's sidecar
 
 
 @dataclass
@@ -498,79 +513,44 @@ class TilingReport:
         return not self.failures
 
 
-def read_tiling_manifest(manifest_csv: str | Path) -> list[SlideEntry]:
-    """Read the columns tiling needs from a manifest; report every problem at once.
+def read_tiling_manifest(
+    manifest_csv: str | Path, allow_absolute: bool = False
+) -> list[SlideEntry]:
+    """The slides of a manifest, read by the project's one manifest reader.
 
-    Required: ``slide_id, slide_path``; optional: ``roi_path``, ``mpp``, and ``patient_id``,
-    ``center``, ``label`` (copied to the tile table). Relative paths are resolved against the
-    manifest's folder and may not leave it (use an absolute path for a file elsewhere).
-    Missing or broken slide files are not manifest problems: they fail their slide only.
+    Uses :func:`her2scope.cohort.manifest.read_manifest` (same CSV, path and slide-id rules as
+    training) but needs only ``slide_id`` and ``slide_path``; ``roi_path``, ``mpp``, and
+    ``patient_id``, ``center``, ``label`` (copied to the tile table) are optional and labels are
+    not checked. Every problem is reported at once as :class:`ManifestError`. A slide with an
+    empty ``roi_path`` is tiled on its tissue mask and its sidecar says so in ``warnings``.
     """
-    manifest_csv = Path(manifest_csv)
-    df = read_manifest_csv(manifest_csv)
-    problems: list[str] = []
-    missing = [c for c in ("slide_id", "slide_path") if c not in df.columns]
-    if missing:
-        raise ManifestError(
-            manifest_csv,
-            [f"missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)})"],
-        )
-    base = manifest_csv.resolve().parent
+    from her2scope.cohort.manifest import TILING_COLUMNS, mpp_of, read_manifest
+
+    man = read_manifest(
+        manifest_csv, scheme=None, allow_absolute=allow_absolute, required=TILING_COLUMNS
+    )
+    for note in man.notes:
+        log.warning("manifest '%s': %s", man.path, note)
+    has_roi_column = "roi_path" in man.df.columns
     entries: list[SlideEntry] = []
-    seen: dict[str, int] = {}
-    for i, row in df.iterrows():
-        line = int(i) + 2  # 1-based, after the header
-        sid = str(row["slide_id"]).strip()
-        if not sid:
-            problems.append(f"row {line}: empty slide_id")
-            continue
-        if sid in seen:
-            problems.append(f"row {line}: slide_id '{sid}' repeats row {seen[sid]}")
-            continue
-        if any(ch in sid for ch in '/\\:*?"<>|') or sid in (".", ".."):
-            problems.append(
-                f"row {line}: slide_id '{sid}' has characters not allowed in a file name"
-            )
-            continue
-        seen[sid] = line
-        spath = _resolve(base, str(row["slide_path"]).strip(), f"row {line} slide_path", problems)
-        rpath = None
-        if "roi_path" in df.columns and str(row["roi_path"]).strip():
-            rpath = _resolve(base, str(row["roi_path"]).strip(), f"row {line} roi_path", problems)
-        mpp = None
-        if "mpp" in df.columns and str(row["mpp"]).strip():
-            try:
-                mpp = float(row["mpp"])
-                if not (math.isfinite(mpp) and mpp > 0):
-                    raise ValueError
-            except ValueError:
-                problems.append(
-                    f"row {line}: mpp '{row['mpp']}' is not a positive number (µm per pixel)"
-                )
-        extra = {c: str(row[c]).strip() for c in _COPIED if c in df.columns}
-        if spath is not None:
-            entries.append(SlideEntry(sid, spath, rpath, mpp, extra))
-    if problems:
-        raise ManifestError(manifest_csv, problems)
-    if not entries:
-        raise ManifestError(manifest_csv, ["no slides listed"])
-    return entries
-
-
-def _resolve(base: Path, value: str, where: str, problems: list[str]) -> Path | None:
-    if not value:
-        problems.append(f"{where} is empty")
-        return None
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return p
-    full = (base / p).resolve()
-    if not full.is_relative_to(base):
-        problems.append(
-            f"{where} '{value}' leaves the manifest's folder; give an absolute path if intended"
+    for rec in man.df.to_dict("records"):
+        roi = rec.get("roi_path") or None
+        warnings = (
+            ["the manifest gives no roi_path: tiled on the whole detected tissue, not an ROI"]
+            if has_roi_column and roi is None
+            else []
         )
-        return None
-    return full
+        entries.append(
+            SlideEntry(
+                rec["slide_id"],
+                Path(rec["slide_path"]),
+                Path(roi) if roi else None,
+                mpp_of(rec.get("mpp", "")),
+                {c: rec[c] for c in _COPIED if c in rec},
+                warnings,
+            )
+        )
+    return entries
 
 
 def tile_cohort(
@@ -579,14 +559,17 @@ def tile_cohort(
     cfg: TilingConfig,
     workers: int = 1,
     export_tiles: bool = False,
+    allow_absolute: bool = False,
 ) -> TilingReport:
     """Tile every slide of a manifest into ``out_dir`` (see ``docs/formats.md``).
 
     Writes ``tiles.parquet``, ``slides/<slide_id>.json`` and ``qc/<slide_id>.png`` (and
     ``tiles/<slide_id>/*.png`` with ``export_tiles``). A slide that fails is recorded with its
-    reason and the others go on; check :attr:`TilingReport.failures`.
+    reason and the others go on; check :attr:`TilingReport.failures`. ``allow_absolute`` is
+    ``cohort.allow_absolute_paths`` (see :func:`read_tiling_manifest`).
     """
-    return tile_entries(read_tiling_manifest(manifest_csv), out_dir, cfg, workers, export_tiles)
+    entries = read_tiling_manifest(manifest_csv, allow_absolute=allow_absolute)
+    return tile_entries(entries, out_dir, cfg, workers, export_tiles)
 
 
 def tile_entries(
@@ -624,6 +607,7 @@ def tile_entries(
                     executor=pool,
                     show_progress=len(entries) < 2,  # one bar at a time: slides, else tiles
                 )
+                sidecar["warnings"] = [*e.warnings, *sidecar["warnings"]]
             except Her2ScopeError as exc:
                 reason = str(exc)
             except Exception as exc:  # a bug or an unexpected library error: keep going
