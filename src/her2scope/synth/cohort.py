@@ -29,6 +29,7 @@ from her2scope._progress import track
 from her2scope.errors import ConfigError
 from her2scope.labels import HER2_SCORES, parse_score
 from her2scope.synth import params as P
+from her2scope.synth.centres import centre_slide_px
 from her2scope.synth.render import SlidePlan, render_slide
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def make_cohort(
                 patient_id=pat.patient_id,
                 center=profiles[pat.center],
                 label=pat.label,
-                slide_px=slide_px,
+                slide_px=centre_slide_px(slide_px, profiles[pat.center]),
                 patient_offset=pat.offset,
                 seed=(seed, 2, p_index, k),
             )
@@ -220,13 +221,13 @@ def _render_and_write(job: tuple[SlidePlan, str, bool, bool]) -> dict[str, Any]:
     sid = plan.slide_id
     description = (
         f"{SYNTHETIC_NOTE} slide_id={sid} patient_id={plan.patient_id} center={plan.center.name} "
-        f"her2={plan.label} mpp={P.SLIDE_MPP}"
+        f"her2={plan.label} mpp={plan.center.mpp}"
     )
     slide_rel = f"slides/{sid}.tif"
     write_pyramidal_tiff(
         out / slide_rel,
         r.rgb,
-        P.SLIDE_MPP,
+        plan.center.mpp,
         quality=plan.center.jpeg_quality,
         description=description,
     )

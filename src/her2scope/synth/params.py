@@ -9,7 +9,7 @@ Optical density uses base 10: ``I = I0 · 10^(−OD)``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -50,7 +50,8 @@ class CenterProfile:
     """How one centre stains and scans: what makes its raw colours differ from another's.
 
     ``h_vector``/``dab_vector`` are unit OD vectors (RGB); ``h_strength`` scales the counterstain
-    concentration (DAB concentration is never scaled: it carries the grade); ``white_rgb`` is the
+    concentration (the biological DAB amount is never changed: it carries the grade; ``dab_scale``
+    models a weaker or stronger assay rendering it, see ``THIRD_CENTER_PHYSICS``); ``white_rgb`` is the
     scanner's white level per channel (white balance); ``gamma`` is applied to the 0–1 intensity
     (``out = in ** gamma``); ``blur_px`` is the optical blur sigma in level-0 pixels; ``jpeg_quality``
     is the compression quality of the slide tiles.
@@ -65,6 +66,12 @@ class CenterProfile:
     blur_px: float
     jpeg_quality: int
     noise_sd: float = 1.5  # sensor noise, grey levels
+    # physical parameters (issue 11); the defaults are centres A and B
+    mpp: float = SLIDE_MPP  # scanner level-0 µm/px
+    dab_scale: float = 1.0  # assay sensitivity: rendered membrane DAB OD = biological OD × this
+    membrane_scale: float = 1.0  # membrane half-width multiplier
+    cell_scale: float = 1.0  # tumour cell diameter multiplier
+    nucleus_scale: float = 1.0  # nucleus semi-axis multiplier
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -77,6 +84,11 @@ class CenterProfile:
             "blur_px": self.blur_px,
             "jpeg_quality": self.jpeg_quality,
             "noise_sd": self.noise_sd,
+            "mpp": self.mpp,
+            "dab_scale": self.dab_scale,
+            "membrane_scale": self.membrane_scale,
+            "cell_scale": self.cell_scale,
+            "nucleus_scale": self.nucleus_scale,
         }
 
 
@@ -110,6 +122,21 @@ CENTER_B = CenterProfile(
 )
 
 
+#: Centre C's physics: a 40× scanner (0.25 µm/px), a weaker assay (membrane DAB OD 0.4× that of
+#: A and B for the same biology), thinner membranes, smaller cells with larger nuclei, a weaker
+#: counterstain and a softer scan. Hard in the ways real external centres are (issue 11).
+THIRD_CENTER_PHYSICS: dict[str, float | int] = {
+    "mpp": 0.25,
+    "dab_scale": 0.4,
+    "membrane_scale": 0.7,
+    "cell_scale": 0.85,
+    "nucleus_scale": 1.05,
+    "h_strength": 0.8,
+    "blur_px": 1.6,
+    "jpeg_quality": 80,
+}
+
+
 def center_name(index: int) -> str:
     """``A``, ``B``, … ``Z`` for index 0 … 25."""
     return chr(ord("A") + index)
@@ -135,6 +162,8 @@ def center_profiles(n_centers: int, seed: int) -> list[CenterProfile]:
                 jpeg_quality=int(rng.integers(70, 95)),
             )
         )
+    if n_centers >= 3:  # C: colours drawn from the seed as D, E, …; physics of a hard centre
+        out[2] = replace(out[2], **THIRD_CENTER_PHYSICS)
     return out
 
 

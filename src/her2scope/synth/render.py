@@ -220,10 +220,10 @@ def render_slide(plan: SlidePlan, band_px: int = 512) -> RenderedSlide:
     """
     rng = np.random.default_rng(list(plan.seed))
     shape = (plan.slide_px, plan.slide_px)
-    um = 1.0 / P.SLIDE_MPP  # px per µm
+    um = 1.0 / plan.center.mpp  # px per µm (the centre's scanner)
 
     lay = _layout(rng, shape, um)
-    cells = _voronoi(rng, lay, um)
+    cells = _voronoi(rng, lay, um, plan.center.cell_scale)
     n_cells = cells.x.size
     if n_cells == 0:  # pragma: no cover - the ROI always holds nests
         raise RuntimeError(f"slide {plan.slide_id}: no tumour cells rendered")
@@ -247,7 +247,9 @@ def render_slide(plan: SlidePlan, band_px: int = 512) -> RenderedSlide:
     mask = np.zeros(shape, np.uint8)
     mask[lay.tissue] = MASK_TISSUE
     mask[cells.tumour] = MASK_TUMOUR
-    _paint_tumour(rng, cells, dab_od, cls, completeness, c_h, c_d, c_r, mask, um, band_px)
+    _paint_tumour(
+        rng, cells, dab_od, cls, completeness, c_h, c_d, c_r, mask, um, band_px, plan.center
+    )
     cx, cy = cells.x, cells.y
     del cells  # free the per-pixel maps before the colour stage
 
@@ -313,10 +315,10 @@ def _layout(rng: np.random.Generator, shape: tuple[int, int], um: float) -> _Lay
     return _Layout(roi=roi, roi_mask=roi_mask, tissue=tissue, nests=nests, fat_region=fat_region)
 
 
-def _voronoi(rng: np.random.Generator, lay: _Layout, um: float) -> _Cells:
+def _voronoi(rng: np.random.Generator, lay: _Layout, um: float, cell_scale: float = 1.0) -> _Cells:
     """Tumour cells and adipocytes as Voronoi cells of jittered hexagonal seeds."""
     shape = lay.tissue.shape
-    cell_px = rng.uniform(12.0, 16.0) * um  # tumour cell diameter
+    cell_px = rng.uniform(12.0, 16.0) * um * cell_scale  # tumour cell diameter
     seeds = _jittered_grid(rng, shape, cell_px, 0.3)
     sx, sy = seeds[:, 0].astype(np.int32), seeds[:, 1].astype(np.int32)
     keep = lay.nests[sy, sx]
@@ -399,10 +401,16 @@ def _paint_tumour(
     mask: np.ndarray,
     um: float,
     band_px: int,
+    center: P.CenterProfile,
 ) -> None:
-    """Nuclei, cytoplasm and membranes of the tumour cells, in bands of rows (in place)."""
+    """Nuclei, cytoplasm and membranes of the tumour cells, in bands of rows (in place).
+
+    The centre's ``nucleus_scale`` and ``membrane_scale`` set the morphology; its ``dab_scale``
+    (assay sensitivity) scales the rendered membrane and cytoplasmic DAB, not the cells' grade.
+    """
     n = cells.x.size
     nuc_a = rng.uniform(2.8, 4.6, n).astype(np.float32) * um  # nucleus semi-axes, px
+    nuc_a *= np.float32(center.nucleus_scale)
     nuc_b = nuc_a * rng.uniform(0.6, 0.95, n).astype(np.float32)
     nuc_t = rng.uniform(0, np.pi, n).astype(np.float32)
     cos_t, sin_t = np.cos(nuc_t), np.sin(nuc_t)
@@ -414,6 +422,8 @@ def _paint_tumour(
     stainable = cls > 0
     # membrane half-width, px: ~0.6 µm unstained, up to ~1.3 µm for strong staining
     mem_hw = (0.6 + 0.45 * np.minimum(dab_od, 1.5)).astype(np.float32) * um
+    mem_hw *= np.float32(center.membrane_scale)
+    dab_od = dab_od * np.float32(center.dab_scale)  # what the assay shows (1.0: A and B)
     blush = (0.06 * dab_od).astype(np.float32)  # cytoplasmic DAB
 
     h, w = mask.shape
