@@ -130,3 +130,100 @@ def test_synthetic_cohort_manifest_loads(tiny_cohort: Path) -> None:
     assert df["patient_id"].nunique() == 6
     assert sorted(df["center"].unique()) == ["A", "B"]
     assert set(df["label"]) == {"1+", "2+", "3+"}
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV shape as Excel and hand edits produce it
+# ----------------------------------------------------------------------------------------------
+
+
+def _problems(m: Path, **kw: object) -> list[str]:
+    with pytest.raises(ManifestError) as exc:
+        load_manifest(m, **kw)  # type: ignore[arg-type]
+    return exc.value.problems
+
+
+def test_trailing_comma_on_every_row_is_ignored_with_a_note(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = ("a.tif", "b.tif")
+    for header in (HEADER, HEADER.replace("\n", ",\n")):  # with and without one in the header
+        m = _write(tmp_path, header + "s1,p1,A,2+,a.tif,\ns2,p2,B,3+,b.tif,\n", files)
+        caplog.clear()
+        df = load_manifest(m)
+        assert df["slide_id"].tolist() == ["s1", "s2"]  # columns not shifted
+        assert df["center"].tolist() == ["A", "B"] and df["label"].tolist() == ["2+", "3+"]
+        assert list(df.columns[:5]) == ["slide_id", "patient_id", "center", "label", "slide_path"]
+        assert "empty trailing field(s) ignored" in caplog.text
+
+
+def test_extra_and_missing_fields_name_the_row(tmp_path: Path) -> None:
+    m = _write(
+        tmp_path,
+        HEADER + "s1,p1,A,2+,a.tif\ns2,p2,A,2+,a.tif,x,y\ns3,p3,A,2+\n",
+        ("a.tif",),
+    )
+    assert _problems(m) == [
+        "row 3: 7 fields but the header has 5 (extra: 'x', 'y'); put double quotes around a "
+        "value that contains a comma, or add the column to the header",
+        "row 4: 4 fields but the header has 5 (slide_path missing); every row needs one field "
+        "per column (leave a field empty with ',,')",
+    ]
+
+
+def test_control_characters_and_path_separators_in_slide_ids(tmp_path: Path) -> None:
+    m = _write(
+        tmp_path,
+        HEADER
+        + '"s\n1",p1,A,2+,a.tif\n'  # a quoted newline: one record over two lines
+        + "s/2,p2,A,2+,a.tif\n"
+        + "s\t3,p3,A,2+,a.tif\n"
+        + "..,p4,A,2+,a.tif\n"
+        + "S5,p5,A,2+,a.tif\ns5,p6,A,2+,a.tif\n",
+        ("a.tif",),
+    )
+    assert _problems(m) == [
+        "row 2: slide_id 's\\n1' contains a newline or another control character; remove it "
+        "(a quoted value may not span lines)",
+        "row 4: slide_id 's/2' contains /, not allowed in a file name (slide ids name the "
+        "output files); use letters, digits, '-', '_' or '.'",
+        "row 5: slide_id 's\\t3' contains a newline or another control character; remove it "
+        "(a quoted value may not span lines)",
+        "row 6: slide_id '..' starts with '.', which would make hidden output files",
+        "row 8: slide_id 's5' differs from 'S5' (row 7) only in case; their output files would "
+        "collide on macOS and Windows",
+    ]
+
+
+def test_empty_roi_path_is_accepted_with_a_note_naming_the_rows(tmp_path: Path) -> None:
+    from her2scope.cohort.manifest import read_manifest
+
+    m = _write(
+        tmp_path,
+        "slide_id,patient_id,center,label,slide_path,roi_path\n"
+        "s1,p1,A,2+,a.tif,r.geojson\ns2,p2,A,3+,a.tif,\n",
+        ("a.tif", "r.geojson"),
+    )
+    man = read_manifest(m)
+    assert man.df["roi_path"].tolist() == [str((tmp_path / "r.geojson").resolve()), ""]
+    assert man.notes == [
+        "row(s) 3 ('s2') have an empty roi_path: these slides are tiled on their whole detected "
+        "tissue, not on an ROI"
+    ]
+    assert man.lines == [2, 3]
+
+
+def test_unreadable_csv_shapes_are_one_clear_problem(tmp_path: Path) -> None:
+    m = tmp_path / "manifest.csv"
+    m.write_text("slide_id;patient_id;label;slide_path\ns1;p1;2+;a.tif\n")
+    assert _problems(m) == [
+        "the header is separated by ';', not by commas; save the file as CSV (comma-separated)"
+    ]
+    m.write_bytes(HEADER.encode() + "s1,p1,A,2+,caf\xe9.tif\n".encode("latin-1"))
+    assert _problems(m)[0].startswith("not UTF-8 text (byte 58); save it as 'CSV UTF-8'")
+    m.write_bytes(b"\xef\xbb\xbf" + HEADER.encode() + b"s1,p1,A,2+,a.tif\n")  # BOM is fine
+    (tmp_path / "a.tif").write_bytes(b"x")
+    assert load_manifest(m)["slide_id"].tolist() == ["s1"]
+    m.write_text("slide_id,,label,slide_path\ns1,p1,2+,a.tif\n")
+    assert "row 1: column 2 of the header has no name" in _problems(m)
+    assert _problems(tmp_path)[0] == "is a folder, not a CSV file"

@@ -94,8 +94,9 @@ def read_manifest(
         raise ManifestError(
             path,
             [
+                *problems,
                 f"missing column(s) {', '.join(missing)} "
-                f"(found: {', '.join(header) or 'none'}; required: {', '.join(required)})"
+                f"(found: {', '.join(header) or 'none'}; required: {', '.join(required)})",
             ],
         )
     if not rows and not problems:
@@ -157,7 +158,7 @@ def read_manifest(
     if "roi_path" in df.columns:
         df["roi_path"] = roi_paths
     if problems:
-        raise ManifestError(path, problems)
+        raise ManifestError(path, sorted(problems, key=_row_of))  # stable: by row, then found
     if no_roi:
         shown = ", ".join(no_roi[:10]) + (
             f" and {len(no_roi) - 10} more" if len(no_roi) > 10 else ""
@@ -172,6 +173,13 @@ def read_manifest(
 def mpp_of(value: str) -> float | None:
     """The ``mpp`` cell of a validated manifest row as a float (None when empty)."""
     return _positive_float(value) if value else None
+
+
+def _row_of(problem: str) -> float:
+    head = problem.split(":", 1)[0]
+    if head.startswith("row ") and head[4:].isdigit():
+        return float(head[4:])
+    return math.inf  # whole-manifest problems (patient label conflicts) come last
 
 
 def _positive_float(value: str) -> float | None:
