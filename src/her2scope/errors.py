@@ -80,3 +80,38 @@ class OutputError(Her2ScopeError, OSError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str, int | None]]:
         return (type(self), (self.path, self.reason, self.errno))
+
+
+#: Exception types that mean a bug (or an input check that is missing), never a reason to show.
+BUG_TYPES: tuple[type[BaseException], ...] = (
+    AssertionError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    NameError,
+    RecursionError,
+    TypeError,
+    ValueError,
+    ZeroDivisionError,
+)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """What to tell a user about ``exc``: our own message as it is; disk full / read-only in
+    words; a library's message (e.g. a GPU out of memory) without the Python type name; and for
+    a bug type (:data:`BUG_TYPES`) only that it is a bug — raw reasons such as "IndexError: index
+    4 is out of bounds" never reach the user (``HER2SCOPE_DEBUG=1`` shows the traceback)."""
+    from her2scope._io import os_error_reason
+
+    if isinstance(exc, Her2ScopeError):
+        return str(exc)
+    env = os_error_reason(exc)
+    if env is not None:
+        return env
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory; use smaller batches (--batch-size, train.batch_size) or fewer workers"
+        )
+    if isinstance(exc, BUG_TYPES) or not str(exc).strip():
+        return "unexpected internal error (a bug; HER2SCOPE_DEBUG=1 shows the details)"
+    return str(exc).strip().splitlines()[0][:500]

@@ -158,6 +158,7 @@ def run_pipeline(
     models: Sequence[str] | None = None,
     workers: int | None = None,
     echo: Callable[[str], None] | None = None,
+    config_path: str | Path | None = None,
 ) -> PipelineResult:
     """Run every stage of the protocol into ``cfg.out_dir``, skipping up-to-date stages.
 
@@ -168,7 +169,29 @@ def run_pipeline(
     ``echo`` receives one line per stage (default: the module logger). A model whose training,
     evaluation or explanation fails is reported in ``PipelineResult.failures`` and the other
     models go on; a failure of tiling, stain fitting or the manifest stops the run.
+
+    The output folder is locked for the whole run (:func:`her2scope._lock.output_lock`): a second
+    run into it fails at once naming this one. ``config_path`` is the user's config file: the
+    resolved config is written to ``out_dir/config.yaml`` unless that *is* the user's file, in
+    which case it goes to ``out_dir/config.resolved.yaml`` and the user's file is left as it is;
+    a config file that is a run's own ``runs/<model>/config.yaml`` is refused (training would
+    rewrite it).
     """
+    from her2scope._lock import output_lock
+
+    out = Path(cfg.out_dir).resolve()
+    with output_lock(out):
+        return _run_pipeline(cfg, force, models, workers, echo, config_path)
+
+
+def _run_pipeline(
+    cfg: RunConfig,
+    force: Sequence[str],
+    models: Sequence[str] | None,
+    workers: int | None,
+    echo: Callable[[str], None] | None,
+    config_path: str | Path | None,
+) -> PipelineResult:
     say = echo or log.info
     forced = _check_force(force)
     if models:
@@ -196,7 +219,13 @@ def run_pipeline(
     result = PipelineResult(out, None, {m: runs_dir / run_dir_name(m) for m in model_names})
     from her2scope.config import dump_config
 
-    dump_config(cfg, out / "config.yaml")
+    resolved_path = _resolved_config_path(out, model_names, config_path)
+    if resolved_path.name != "config.yaml":
+        say(
+            f"config: {config_path} is the output folder's config.yaml; it is left unchanged and "
+            f"the resolved config is written to {resolved_path.name}"
+        )
+    dump_config(cfg, resolved_path)
 
     def step(
         stage: str,
@@ -220,16 +249,17 @@ def run_pipeline(
             fn()
         except Exception as exc:
             seconds = time.perf_counter() - t0
-            msg = f"{label} failed: {exc}"
-            result.timings.append(StageTiming(stage, model, seconds, False, "failed", str(exc)))
+            reason = _user_reason(exc)
+            msg = f"{label} failed: {reason}"
+            result.timings.append(StageTiming(stage, model, seconds, False, "failed", reason))
             if fatal:
                 _write_timings(out, result)
                 raise
             if isinstance(exc, Her2ScopeError):
                 log.debug("%s", msg, exc_info=True)
                 say(msg)
-            else:  # a bug or a library error: show the traceback, then go on
-                log.error("%s", msg, exc_info=True)
+            else:  # a bug or a library error: the traceback only when debugging, then go on
+                log.error("%s", msg, exc_info=_debug())
             result.failures.append(msg)
             return False
         seconds = time.perf_counter() - t0
@@ -338,6 +368,40 @@ def run_pipeline(
     result.report_path = report_path if report_path.is_file() else None
     _write_timings(out, result)
     return result
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get("HER2SCOPE_DEBUG", "") not in ("", "0")
+
+
+def _user_reason(exc: BaseException) -> str:
+    from her2scope.errors import describe_exception
+
+    return describe_exception(exc)
+
+
+def _resolved_config_path(
+    out: Path, model_names: Sequence[str], config_path: str | Path | None
+) -> Path:
+    """Where the resolved config goes without replacing the user's config file (see run_pipeline)."""
+    from her2scope._io import same_file
+
+    target = out / "config.yaml"
+    if config_path is None:
+        return target
+    for m in model_names:
+        run_cfg = out / "runs" / run_dir_name(m) / "config.yaml"
+        if same_file(config_path, run_cfg):
+            raise ConfigError(
+                f"config '{config_path}' is the run folder's own config.yaml, which training "
+                "rewrites; copy it outside the output folder (e.g. cp it to my_run.yaml) and "
+                "run that copy"
+            )
+    if same_file(config_path, target):
+        return out / "config.resolved.yaml"
+    return target
 
 
 def _write_timings(out: Path, result: PipelineResult) -> None:

@@ -89,13 +89,16 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         if debug:
             raise
-        typer.secho(
-            "error: unexpected internal error in her2scope (a bug, not something you did); "
-            "please report it with the command line. Re-run with HER2SCOPE_DEBUG=1 to see the "
-            "details.",
-            fg=typer.colors.RED,
-            err=True,
-        )
+        from her2scope.errors import BUG_TYPES, describe_exception
+
+        if isinstance(exc, BUG_TYPES):
+            text = (
+                "unexpected internal error in her2scope (a bug, not something you did); please "
+                "report it with the command line. Re-run with HER2SCOPE_DEBUG=1 to see the details."
+            )
+        else:
+            text = describe_exception(exc) + " (HER2SCOPE_DEBUG=1 shows the details)"
+        typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
         sys.exit(1)
 
 

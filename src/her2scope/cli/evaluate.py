@@ -46,10 +46,16 @@ def evaluate(
     bootstrap over patients. See docs/evaluation.md."""
     import dataclasses
 
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import check_float, check_int
     from her2scope.errors import ConfigError, Her2ScopeError
     from her2scope.evaluate.aggregate import RULES
     from her2scope.evaluate.run import evaluate_run
 
+    check_float("--percent", percent_threshold, 0.0, 100.0)
+    check_int("--n-boot", n_boot, 1, 1_000_000)
+    check_int("--seed", seed, 0, 2**32 - 1)
+    check_int("--batch-size", batch_size, 1, 65536)
     if aggregate is not None and aggregate not in RULES:
         raise ConfigError(f"--aggregate must be one of {', '.join(RULES)}, not '{aggregate}'")
     given = {
@@ -64,9 +70,12 @@ def evaluate(
     failed: list[str] = []
     for run_dir in runs:
         try:
+            if not run_dir.is_dir():
+                raise ConfigError(f"run folder '{run_dir}' not found")
             cfg = _run_eval_config(run_dir)
             cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-            res = evaluate_run(run_dir, cfg.split, cfg)
+            with output_lock(run_dir):
+                res = evaluate_run(run_dir, cfg.split, cfg)
         except Her2ScopeError as exc:
             if len(runs) == 1:
                 raise
@@ -97,8 +106,10 @@ def compare(
 ) -> None:
     """Table of the runs (macro-AUC [CI], per-class AUC, accuracy, macro-F1, kappa) with a paired
     patient bootstrap of macro-AUC against the best run; writes comparison.csv and comparison.md."""
+    from her2scope._lock import output_lock
     from her2scope.evaluate.compare import compare_runs
 
-    table = compare_runs(runs, out, level=level)
+    with output_lock(out):
+        table = compare_runs(runs, out, level=level)
     typer.echo((out / "comparison.md").read_text(encoding="utf-8"))
     typer.echo(f"wrote {out / 'comparison.csv'} and {out / 'comparison.md'} ({len(table)} runs)")

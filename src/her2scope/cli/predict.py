@@ -33,6 +33,11 @@ def predict(
     ),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … Default: GPU if any."),
     batch_size: int = typer.Option(64, "--batch-size", help="Tiles per forward pass."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Score slides that fail a QC gate (the failed checks stay in the outputs).",
+    ),
 ) -> None:
     """Score slides with a trained run: HER2 score, probabilities, uncertainty, reflex-FISH flag.
 
@@ -44,25 +49,41 @@ def predict(
     any slide failed. See docs/predict.md.
     Research software, not a medical device.
     """
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import bound_workers, check_device, check_int, check_mpp
     from her2scope.scoring.score import parse_shard, score_slides
 
     shard_t = parse_shard(shard) if shard else None
-    report = score_slides(
-        slides,
-        run,
-        out,
-        rois=roi,
-        workers=workers,
-        shard=shard_t,
-        mpp=mpp,
-        device=device,
-        batch_size=batch_size,
-    )
+    workers = bound_workers("--workers", workers, None) or 1
+    check_int("--batch-size", batch_size, 1, 65536)
+    check_mpp("--mpp", mpp)
+    check_device("--device", device)
+    _check_run(run)
+    with output_lock(out):
+        report = score_slides(
+            slides,
+            run,
+            out,
+            rois=roi,
+            workers=workers,
+            shard=shard_t,
+            mpp=mpp,
+            device=device,
+            batch_size=batch_size,
+            force=force,
+        )
     s = report.summary
     n_ok = int((s["status"] == "ok").sum())
     for _, r in s[s["status"] == "ok"].iterrows():
         flag = "  reflex FISH" if bool(r["reflex_fish"]) else ""
         typer.echo(f"{r['slide_id']}: {r['score']} (uncertainty {r['uncertainty']:.2f}){flag}")
+    for _, r in s[s["status"] == "qc_failed"].iterrows():
+        typer.secho(
+            f"{r['slide_id']}: not scored, failed QC ({r['qc_failed_checks']}); see its JSON, "
+            "or --force",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     typer.echo(f"{n_ok}/{len(s)} slide(s) scored; summary: {report.summary_path}")
     if report.failures:
         typer.secho(f"{len(report.failures)} slide(s) failed:", fg=typer.colors.RED, err=True)
@@ -84,7 +105,27 @@ def explain(
     Writes gallery.png, gallery.html and slides/<slide_id>_cam.png (the CAM map beside the
     expected-score heatmap). See docs/predict.md.
     """
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import check_device, check_int
     from her2scope.explain.run import explain_run
 
-    path = explain_run(run, slide=slide, split=split, n=n, out_dir=out, device=device)
+    check_int("--n", n, 1, 10_000)
+    check_device("--device", device)
+    _check_run(run)
+    with output_lock(out if out is not None else run / "explain"):
+        path = explain_run(run, slide=slide, split=split, n=n, out_dir=out, device=device)
     typer.echo(f"explanations written to {path}")
+
+
+def _check_run(run: Path) -> None:
+    """A run folder with a best checkpoint, before anything is read or written."""
+    from her2scope.errors import ConfigError
+
+    if not run.is_dir():
+        raise ConfigError(
+            f"--run '{run}' is not a folder; give a run folder from `her2scope train`"
+        )
+    if not (run / "checkpoints" / "best.pt").is_file():
+        raise ConfigError(
+            f"--run '{run}' has no checkpoints/best.pt; is it a finished `her2scope train` run?"
+        )

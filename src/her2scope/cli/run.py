@@ -69,11 +69,13 @@ def run(
     is skipped, so re-running after a crash or after adding a model does only what is needed.
     Relative paths in the config are relative to the current directory.
     """
+    from her2scope.cli._options import bound_workers
     from her2scope.config import load_config
 
+    workers = bound_workers("--workers", workers, None)
     _setup_logging()
     cfg = load_config(config, list(overrides or []))
-    _run_and_print(cfg, force or [], parse_models(models), workers)
+    _run_and_print(cfg, force or [], parse_models(models), workers, config)
 
 
 def demo(
@@ -96,12 +98,27 @@ def demo(
     patient-level macro-AUC with its CI and the report path. Synthetic numbers show that the
     pipeline works; they are not clinical performance.
     """
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import check_int
+
+    check_int("--patients", patients, 3, 10_000)
+    _setup_logging()
+    out = out.resolve()
+    with output_lock(out):
+        _demo(out, models, patients, overrides, force)
+
+
+def _demo(
+    out: Path,
+    models: str | None,
+    patients: int,
+    overrides: list[str] | None,
+    force: list[str] | None,
+) -> None:
     import json
 
     from her2scope.config import load_config
 
-    _setup_logging()
-    out = out.resolve()
     cohort_dir = out / "cohort"
     manifest = cohort_dir / "manifest.csv"
     params = _read_json(cohort_dir / "cohort.json").get("parameters", {})
@@ -135,11 +152,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _run_and_print(
-    cfg: Any, force: list[str], models: list[str] | None, workers: int | None
+    cfg: Any,
+    force: list[str],
+    models: list[str] | None,
+    workers: int | None,
+    config_path: Path | None = None,
 ) -> None:
     from her2scope.pipeline import format_timings, run_pipeline
 
-    result = run_pipeline(cfg, force=force, models=models, workers=workers, echo=typer.echo)
+    result = run_pipeline(
+        cfg,
+        force=force,
+        models=models,
+        workers=workers,
+        echo=typer.echo,
+        config_path=config_path,
+    )
     typer.echo("\nTime of each stage:")
     typer.echo(format_timings(result))
     centres = ", ".join(cfg.cohort.test_centers) or cfg.evaluate.split

@@ -41,10 +41,20 @@ def fit(
 
     Exit status 1 when any slide failed (the others are still written).
     """
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import bound_workers, check_int
+    from her2scope.errors import ConfigError
     from her2scope.stain.slides import fit_stains
 
+    check_int("--fit-tiles", fit_tiles, 1, 100_000)
+    workers = bound_workers("--workers", workers, None) or 1
+    if not (tiles_dir / "tiles.parquet").is_file():
+        raise ConfigError(
+            f"'{tiles_dir}' has no tiles.parquet; give the --out folder of `her2scope tile`"
+        )
     cfg = _config(config, mode, fit_tiles, reference)
-    res = fit_stains(tiles_dir, cfg, workers=workers)
+    with output_lock(tiles_dir):
+        res = fit_stains(tiles_dir, cfg, workers=workers)
     typer.echo(
         f"stain fit ({cfg.mode}): {len(res['fitted'])} slide(s) fitted, "
         f"{len(res['passthrough'])} passthrough (too little tissue), {len(res['failed'])} failed"
@@ -67,8 +77,10 @@ def show(
     mode: str = typer.Option(None, "--mode", help="preserve_dab or standard."),
 ) -> None:
     """Write a PNG: raw tiles, normalised tiles, and the H and DAB concentration channels."""
+    from her2scope.cli._options import check_int
     from her2scope.stain.show import show_slide
 
+    check_int("--n", n, 1, 64)
     cfg = _config(config, mode, None, None)
     path = show_slide(tiles, slide_id, cfg, out, n=n)
     typer.echo(f"wrote {path}")

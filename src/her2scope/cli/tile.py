@@ -36,8 +36,8 @@ def tile(
     target_mpp: float = typer.Option(
         None,
         "--target-mpp",
-        help="µm/px of the tiles (read from the best pyramid level and resized). "
-        "Default: each slide's own level-0 µm/px.",
+        help="µm/px of the tiles (read from the best pyramid level and resized), between 0.05 "
+        "and 100. Default: each slide's own level-0 µm/px.",
     ),
     max_white: float = typer.Option(
         0.60, "--max-white", help="Drop a tile whose white fraction is above this (0-1)."
@@ -79,11 +79,20 @@ def tile(
 
     A slide that fails is reported with its reason and the others go on; the exit status is 1 when any slide failed. See docs/tiling.md.
     """
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import bound_workers, check_float, check_int, check_mpp
     from her2scope.config import from_dict
     from her2scope.errors import ConfigError
     from her2scope.tiling.config import TilingConfig
     from her2scope.tiling.extract import entries_from_paths, read_tiling_manifest, tile_entries
 
+    check_int("--tile-px", tile_px, 16, 8192)
+    check_mpp("--target-mpp", target_mpp)
+    check_mpp("--mpp", mpp)
+    check_float("--max-white", max_white, 0.0, 1.0)
+    check_int("--white-level", white_level, 0, 255)
+    check_float("--min-roi-cover", min_roi_cover, 0.0, 1.0, lo_open=True)
+    bound_workers("--workers", workers, None)
     classes = [c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes else None
     cfg = from_dict(
         TilingConfig,
@@ -112,7 +121,9 @@ def tile(
         if rois is not None and not rois.is_dir():
             raise ConfigError(f"--rois '{rois}' is not a folder")
         entries = entries_from_paths(inputs, rois, mpp)
-    report = tile_entries(entries, out, cfg, workers=workers, export_tiles=export_tiles)
+    workers = bound_workers("--workers", workers, len(entries)) or 1
+    with output_lock(out):
+        report = tile_entries(entries, out, cfg, workers=workers, export_tiles=export_tiles)
     _print_summary(report)
     if report.failures:
         typer.secho(

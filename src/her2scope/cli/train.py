@@ -55,6 +55,8 @@ def train(
     """
     import logging
 
+    from her2scope._lock import output_lock
+    from her2scope.cli._options import check_device
     from her2scope.config import apply_overrides, load_config
     from her2scope.engine.checkpoint import load_checkpoint
     from her2scope.engine.train import train_model
@@ -62,6 +64,7 @@ def train(
 
     _setup_logging()
     log = logging.getLogger("her2scope.train")
+    check_device("--device", device)
     overrides = list(overrides or [])
     if deterministic:
         overrides.append("train.deterministic=true")
@@ -72,9 +75,10 @@ def train(
         if not cfg_path.is_file():
             raise ConfigError(f"cannot resume '{resume}': no config.yaml there")
         cfg = load_config(cfg_path, overrides)
-        ckpt = load_checkpoint(ckpt_path)
-        tiles_dir = tiles or Path(ckpt["tiles_dir"])
-        train_model(cfg, ckpt["model_name"], tiles_dir, resume, resume=True, device=device)
+        with output_lock(resume):
+            ckpt = load_checkpoint(ckpt_path)
+            tiles_dir = tiles or Path(ckpt["tiles_dir"])
+            train_model(cfg, ckpt["model_name"], tiles_dir, resume, resume=True, device=device)
         typer.echo(f"resumed and finished: {resume}")
         return
 
@@ -95,18 +99,19 @@ def train(
     tiles_dir = tiles or Path(cfg.out_dir) / "tiles"
     runs_root = out or Path(cfg.out_dir) / "runs"
     failed: list[str] = []
-    for name in names:
-        run_dir = runs_root / run_dir_name(name)
-        try:
-            train_model(cfg, name, tiles_dir, run_dir, device=device)
-            typer.echo(f"{name}: {run_dir}")
-        except ConfigError:
-            raise
-        except Exception as exc:  # one model failing does not stop the others
-            if len(names) == 1:
+    with output_lock(runs_root):
+        for name in names:
+            run_dir = runs_root / run_dir_name(name)
+            try:
+                train_model(cfg, name, tiles_dir, run_dir, device=device)
+                typer.echo(f"{name}: {run_dir}")
+            except ConfigError:
                 raise
-            log.error("%s failed: %s: %s", name, type(exc).__name__, exc)
-            failed.append(name)
+            except Exception as exc:  # one model failing does not stop the others
+                if len(names) == 1:
+                    raise
+                log.error("%s failed: %s", name, _reason(exc))
+                failed.append(name)
     if failed:
         typer.secho(f"failed: {', '.join(failed)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
@@ -118,3 +123,9 @@ def _setup_logging() -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+def _reason(exc: BaseException) -> str:
+    from her2scope.errors import describe_exception
+
+    return describe_exception(exc)
