@@ -1,0 +1,201 @@
+"""Calibration of the cell rules: a DAB-scale factor per centre from labelled slides, and OD
+thresholds from per-cell ground truth.
+
+A centre whose DAB looks stronger or weaker than the one the thresholds were set at (antibody lot,
+DAB development time, scanner) shifts every membrane OD by a factor; fitting that one factor per
+centre on a few labelled slides is the per-centre calibration. The factor is chosen in the middle
+of the widest run of factors with the best agreement, so a small change of the data does not move
+a slide across a threshold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2scope._io import write_json
+from her2scope.cells.classify import CALLS, intensity_class, pattern_class, slide_call
+from her2scope.cells.config import CellConfig
+from her2scope.errors import ConfigError
+
+#: Factors searched by :func:`fit_dab_scale` (geometric, 0.4–2.5).
+SCALE_GRID = np.round(np.geomspace(0.4, 2.5, 81), 4)
+
+
+def quadratic_kappa(y_true: list[int], y_pred: list[int], n_classes: int) -> float | None:
+    """Cohen's κ with quadratic weights; None when it is undefined (one class in both lists)."""
+    t = np.asarray(y_true, np.int64)
+    p = np.asarray(y_pred, np.int64)
+    if t.size == 0:
+        return None
+    obs = np.zeros((n_classes, n_classes))
+    np.add.at(obs, (t, p), 1.0)
+    obs /= obs.sum()
+    exp = np.outer(obs.sum(1), obs.sum(0))
+    i, j = np.indices((n_classes, n_classes))
+    w = (i - j) ** 2 / max((n_classes - 1) ** 2, 1)
+    den = float((w * exp).sum())
+    if den <= 0:
+        return None
+    return 1.0 - float((w * obs).sum()) / den
+
+
+def label_index(label: str) -> int | None:
+    """Index of a manifest label in the 4-grade order 0, 1+, 2+, 3+ (0-null and 0-ultralow are 0)."""
+    from her2scope.labels import parse_score
+
+    s = str(label).strip()
+    if s in ("0-null", "0-ultralow"):
+        return 0
+    score = parse_score(s)
+    return None if score is None else ("0", "1+", "2+", "3+").index(score)
+
+
+def call_index(call: str | None) -> int | None:
+    """Index of a cell-rule call in the 4-grade order (both 0 kinds are 0)."""
+    if call is None:
+        return None
+    return max(0, CALLS.index(call) - 1)
+
+
+def _calls_at(
+    tables: list[tuple[np.ndarray, np.ndarray]], scale: float, cfg: CellConfig
+) -> list[int]:
+    out = []
+    for od_raw, comp in tables:
+        inten = intensity_class(od_raw * np.float32(scale), cfg)
+        c = slide_call(pattern_class(inten, comp, cfg), cfg)["call"]
+        out.append(-1 if c is None else int(call_index(c)))  # type: ignore[arg-type]
+    return out
+
+
+def fit_dab_scale(
+    manifest: str | Path, cells_dir: str | Path, out: str | Path | None = None
+) -> dict[str, Any]:
+    """Fit the DAB-scale factor of each centre of ``manifest`` (see the module docstring).
+
+    Needs ``<slide_id>.cells.parquet`` and ``.cells.json`` in ``cells_dir`` for the slides; slides
+    without them are listed under ``missing``. Writes the result as JSON (default
+    ``cells_dir/cells_fit.json``) and returns it with its ``path``.
+    """
+    import pandas as pd
+
+    from her2scope._io import read_manifest_csv
+
+    manifest = Path(manifest)
+    cells_dir = Path(cells_dir)
+    df = read_manifest_csv(manifest)
+    for col in ("slide_id", "label"):
+        if col not in df.columns:
+            raise ConfigError(f"manifest '{manifest}': no '{col}' column")
+    if "center" not in df.columns:
+        df["center"] = "all"
+    missing: list[str] = []
+    per_centre: dict[str, list[tuple[np.ndarray, np.ndarray, int, str]]] = {}
+    cfg: CellConfig | None = None
+    for row in df.itertuples():
+        sid = str(row.slide_id)
+        lab = label_index(str(row.label))
+        pq, js = cells_dir / f"{sid}.cells.parquet", cells_dir / f"{sid}.cells.json"
+        if lab is None:
+            raise ConfigError(
+                f"manifest '{manifest}', slide '{sid}': label {row.label!r} is not a HER2 score"
+            )
+        if not (pq.is_file() and js.is_file()):
+            missing.append(sid)
+            continue
+        summary = json.loads(js.read_text(encoding="utf-8"))
+        used = CellConfig(**summary["config"])
+        cfg = cfg or dataclasses_replace(used, dab_scale=1.0)
+        cells = pd.read_parquet(pq, columns=["membrane_od_p90", "completeness"])
+        od_raw = cells["membrane_od_p90"].to_numpy(np.float32) / np.float32(used.dab_scale)
+        per_centre.setdefault(str(row.center), []).append(
+            (od_raw, cells["completeness"].to_numpy(np.float32), lab, sid)
+        )
+    if not per_centre or cfg is None:
+        raise ConfigError(
+            f"no cell tables found in '{cells_dir}' for the slides of '{manifest}'; run "
+            "`her2scope cells SLIDE... --out` on them first"
+        )
+    result: dict[str, Any] = {"grid": [float(SCALE_GRID[0]), float(SCALE_GRID[-1])], "centers": {}}
+    for centre, rows in sorted(per_centre.items()):
+        tables = [(od, comp) for od, comp, _, _ in rows]
+        labels = [lab for _, _, lab, _ in rows]
+        scores = []
+        for s in SCALE_GRID:
+            pred = _calls_at(tables, float(s), cfg)
+            k = quadratic_kappa(labels, [max(p, 0) for p in pred], 4)
+            acc = float(np.mean(np.asarray(pred) == np.asarray(labels)))
+            scores.append((k if k is not None else -1.0, acc))
+        key = np.array([k + 1e-3 * a for k, a in scores])
+        best = np.flatnonzero(key >= key.max() - 1e-12)
+        # the widest run of consecutive best factors; its middle (geometric) is the factor
+        runs = np.split(best, np.flatnonzero(np.diff(best) != 1) + 1)
+        run = max(runs, key=len)
+        scale = float(np.sqrt(SCALE_GRID[run[0]] * SCALE_GRID[run[-1]]))
+        before = quadratic_kappa(labels, [max(p, 0) for p in _calls_at(tables, 1.0, cfg)], 4)
+        after_pred = _calls_at(tables, scale, cfg)
+        after = quadratic_kappa(labels, [max(p, 0) for p in after_pred], 4)
+        result["centers"][centre] = {
+            "dab_scale": round(scale, 4),
+            "plateau": [float(SCALE_GRID[run[0]]), float(SCALE_GRID[run[-1]])],
+            "n_slides": len(rows),
+            "kappa_before": before if before is not None else float("nan"),
+            "kappa_after": after if after is not None else float("nan"),
+            "accuracy_after": float(np.mean(np.asarray(after_pred) == np.asarray(labels))),
+        }
+    result["missing"] = missing
+    path = Path(out) if out is not None else cells_dir / "cells_fit.json"
+    for r in result["centers"].values():  # JSON has no NaN: an undefined κ is null
+        for k in ("kappa_before", "kappa_after"):
+            if r[k] != r[k]:
+                r[k] = None
+    write_json(path, result)
+    result["path"] = str(path)
+    return result
+
+
+def dataclasses_replace(cfg: CellConfig, **changes: Any) -> CellConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def fit_thresholds(
+    membrane_od: np.ndarray,
+    completeness: np.ndarray,
+    true_class: np.ndarray,
+    true_complete: np.ndarray,
+) -> dict[str, float]:
+    """OD thresholds and ``complete_min`` from cells with known classes (e.g. synthetic truth).
+
+    Each boundary (faint, weak, strong) is the OD that best separates the cells of classes at or
+    above it from those below it (maximal balanced accuracy of that split); ``complete_min`` the
+    completeness that best separates complete from incomplete stained membranes.
+    """
+
+    def best_split(x: np.ndarray, pos: np.ndarray) -> float:
+        if pos.all() or not pos.any():
+            raise ConfigError("fit_thresholds: every boundary needs cells on both sides")
+        cand = np.unique(np.quantile(x, np.linspace(0.01, 0.99, 197)))
+        tpr = (x[pos][None, :] >= cand[:, None]).mean(1)
+        tnr = (x[~pos][None, :] < cand[:, None]).mean(1)
+        bal = (tpr + tnr) / 2
+        best = np.flatnonzero(bal >= bal.max() - 1e-9)
+        return float(np.median(cand[best]))
+
+    od = np.asarray(membrane_od, np.float64)
+    cls = np.asarray(true_class)
+    out = {
+        "od_faint": best_split(od, cls >= 1),
+        "od_weak": best_split(od, cls >= 2),
+        "od_strong": best_split(od, cls >= 3),
+    }
+    stained = cls >= 1
+    out["complete_min"] = best_split(
+        np.asarray(completeness, np.float64)[stained], np.asarray(true_complete)[stained]
+    )
+    return out

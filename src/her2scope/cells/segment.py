@@ -1,0 +1,374 @@
+"""Nuclei, cells and membrane measurements of one RGB region (numpy, scipy, OpenCV; no torch).
+
+Steps, all in the region's pixel frame at a known µm/px:
+
+1. stain separation with the slide's fitted H and DAB vectors (:func:`stain_concentrations`):
+   base-10 optical density along each vector; pixels that no H + DAB mixture explains (pen ink,
+   black, saturated) are marked invalid;
+2. nuclei: smoothed hematoxylin above a threshold, holes filled; touching nuclei are split by a
+   watershed on the distance transform whose seeds are distance maxima at least
+   ``split_min_distance_um`` apart; size and elongation filters in µm;
+3. cells: every pixel up to ``cell_expand_um`` from a nucleus joins the nearest nucleus (a
+   bounded Voronoi expansion); the membrane band is the ring of the cell within ``band_um`` of its
+   boundary;
+4. per cell: DAB OD of the band minus the cell's own cytoplasm (mean and 90th percentile), and
+   completeness = the fraction of ``n_sectors`` angular sectors around the nucleus whose band
+   maximum reaches ``max(od_faint, complete_rel × membrane OD)``.
+
+Every value is finite by construction: a region without nuclei gives zero cells.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from her2scope.cells.config import CellConfig
+
+_LN10 = math.log(10.0)
+#: Pixels darker than this in any channel are saturated (OD > ~2.5 base 10): never a nucleus.
+SATURATED_LEVEL = 12
+#: Pixels brighter than this in every channel are glass.
+WHITE_LEVEL = 220
+#: A pixel whose OD leaves the H–DAB plane by more than this angle is not H + DAB (pen ink, dirt).
+MAX_OFF_PLANE_DEG = 25.0
+
+
+@dataclass
+class RegionCells:
+    """Cells found in a region; coordinates are region pixels (float), one entry per cell."""
+
+    x: np.ndarray  # nucleus centroid, px
+    y: np.ndarray
+    nucleus_area_um2: np.ndarray
+    nucleus_h_od: np.ndarray  # mean hematoxylin OD of the nucleus (base 10)
+    membrane_od_mean: np.ndarray  # background-corrected DAB OD of the band (base 10, ≥ 0)
+    membrane_od_p90: np.ndarray
+    completeness: np.ndarray  # 0–1
+    nuclei: np.ndarray | None = None  # H×W int32 nucleus labels (cell i ↔ label i + 1)
+    cells: np.ndarray | None = None  # H×W int32 cell labels
+
+    @property
+    def n(self) -> int:
+        return int(self.x.size)
+
+    def subset(self, keep: np.ndarray) -> RegionCells:
+        """The cells where ``keep`` is True (label images are dropped)."""
+        return RegionCells(
+            self.x[keep],
+            self.y[keep],
+            self.nucleus_area_um2[keep],
+            self.nucleus_h_od[keep],
+            self.membrane_od_mean[keep],
+            self.membrane_od_p90[keep],
+            self.completeness[keep],
+        )
+
+
+def empty_cells() -> RegionCells:
+    z = np.zeros(0, np.float32)
+    return RegionCells(z, z, z, z, z, z, z)
+
+
+def stain_concentrations(
+    rgb: np.ndarray, stain_matrix: np.ndarray, io: float = 240.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Base-10 H and DAB OD maps (float32) of ``rgb`` under ``stain_matrix`` and a validity mask.
+
+    ``stain_matrix`` holds unit OD vectors, rows H and DAB (as :class:`StainNormalizer` fits).
+    Element-wise float32 maths (no BLAS), so results do not depend on thread count or CPU kernels.
+    Invalid pixels (False): glass, saturated, or OD off the H–DAB plane (pen ink); their H and DAB
+    are 0.
+    """
+    m = np.asarray(stain_matrix, np.float64)
+    inv = np.linalg.pinv(m.T)  # (2, 3): conc = inv @ od
+    normal = np.cross(m[0], m[1])
+    normal /= max(float(np.linalg.norm(normal)), 1e-12)
+    lut = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / io) / _LN10).clip(0, None)
+    lut32 = lut.astype(np.float32)
+    r, g, b = (lut32[rgb[..., k]] for k in range(3))
+    f = np.float32
+    h = f(inv[0, 0]) * r + f(inv[0, 1]) * g + f(inv[0, 2]) * b
+    d = f(inv[1, 0]) * r + f(inv[1, 1]) * g + f(inv[1, 2]) * b
+    off = np.abs(f(normal[0]) * r + f(normal[1]) * g + f(normal[2]) * b)
+    norm = np.sqrt(r * r + g * g + b * b)
+    sin_max = f(math.sin(math.radians(MAX_OFF_PLANE_DEG)))
+    darkest = rgb.min(axis=-1)
+    valid = (off <= sin_max * norm + f(0.02)) & (darkest > SATURATED_LEVEL)
+    valid &= rgb.max(axis=-1) < WHITE_LEVEL
+    np.maximum(h, 0, out=h)
+    np.maximum(d, 0, out=d)
+    h[~valid] = 0
+    d[~valid] = 0
+    return h, d, valid
+
+
+def _disk(radius_px: float) -> np.ndarray:
+    r = max(1, round(radius_px))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def nucleus_threshold(h_smooth: np.ndarray, valid: np.ndarray, cfg: CellConfig) -> float:
+    """Hematoxylin OD threshold of nucleus pixels: Otsu's threshold over the region's stained
+    pixels, never below ``cfg.nucleus_h_od`` (so a region without nuclei stays empty)."""
+    vals = h_smooth[valid & (h_smooth > 0.5 * cfg.nucleus_h_od)]
+    if vals.size < 100:
+        return float(cfg.nucleus_h_od)
+    hist, edges = np.histogram(vals, bins=128, range=(0.0, 1.5))
+    w = hist.astype(np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(w)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(w * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return max(float(cfg.nucleus_h_od), float(edges[1:][int(np.argmax(between))]))
+
+
+def find_nuclei(h_od: np.ndarray, valid: np.ndarray, mpp: float, cfg: CellConfig) -> np.ndarray:
+    """Nucleus labels (int32, 0 = none, 1…N) from a base-10 hematoxylin OD map.
+
+    Touching nuclei are split; nuclei outside the size and elongation limits are removed.
+    """
+    from scipy import ndimage as ndi
+
+    sigma = cfg.nucleus_smooth_um / mpp
+    hs = cv2.GaussianBlur(h_od, (0, 0), sigma) if sigma > 0.3 else h_od
+    thr = nucleus_threshold(hs, valid, cfg)
+    fg = ((hs > thr) & valid).astype(np.uint8)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(0.6 / mpp))
+    n_cc, cc = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
+    if n_cc <= 1:
+        return np.zeros(h_od.shape, np.int32)
+    fg = ndi.binary_fill_holes(fg).astype(np.uint8)
+    n_cc, cc = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
+
+    # seeds: maxima of the (slightly smoothed) distance transform, split_min_distance apart
+    dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
+    dist = cv2.GaussianBlur(dist, (0, 0), 1.0)
+    min_r_px = 1.2 / mpp  # a seed sits at least 1.2 µm inside the nucleus
+    peak = (dist >= cv2.dilate(dist, _disk(cfg.split_min_distance_um / mpp))) & (dist >= min_r_px)
+    peak &= fg.astype(bool)
+    n_pk, pk = cv2.connectedComponents(peak.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    # components with one seed (or none) are nuclei as they are; others are split
+    seeds_per_cc = np.zeros(n_cc, np.int64)
+    if n_pk > 1:
+        pk_cc = np.zeros(n_pk, np.int64)
+        ys, xs = np.nonzero(pk)
+        pk_cc[pk[ys, xs]] = cc[ys, xs]
+        seeds_per_cc = np.bincount(pk_cc[1:], minlength=n_cc)
+    labels = cc.copy()
+    next_label = n_cc
+    multi = np.flatnonzero(seeds_per_cc > 1)
+    if multi.size:
+        slices = ndi.find_objects(cc)
+        for c in multi:
+            sl = slices[c - 1]
+            if sl is None:  # pragma: no cover - every component has a bounding box
+                continue
+            sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
+            own = cc[sl] == c
+            markers = np.where(own, pk[sl], 0).astype(np.int32)
+            ids = np.unique(markers[markers > 0])
+            remap = np.zeros(int(markers.max()) + 2, np.int32)
+            remap[ids] = np.arange(1, ids.size + 1)
+            markers = remap[markers]
+            markers[~own] = ids.size + 1  # background marker
+            d = dist[sl]
+            elev = (255 - np.clip(d / max(float(d.max()), 1e-6) * 254, 0, 254)).astype(np.uint8)
+            ws = ndi.watershed_ift(elev, markers)
+            sub = labels[sl]
+            for k in range(1, ids.size + 1):
+                part = own & (ws == k)
+                if k == 1:
+                    sub[part] = c
+                else:
+                    sub[part] = next_label
+                    next_label += 1
+    return _filter_nuclei(labels, next_label, mpp, cfg)
+
+
+def _filter_nuclei(labels: np.ndarray, n_labels: int, mpp: float, cfg: CellConfig) -> np.ndarray:
+    """Drop nuclei outside the area and elongation limits; relabel 1…N in raster order."""
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    area = np.bincount(lab, minlength=n_labels).astype(np.float64)
+    safe = np.maximum(area, 1.0)
+    mx = np.bincount(lab, xs, minlength=n_labels) / safe
+    my = np.bincount(lab, ys, minlength=n_labels) / safe
+    dx, dy = xs - mx[lab], ys - my[lab]
+    cxx = np.bincount(lab, dx * dx, minlength=n_labels) / safe + 1 / 12
+    cyy = np.bincount(lab, dy * dy, minlength=n_labels) / safe + 1 / 12
+    cxy = np.bincount(lab, dx * dy, minlength=n_labels) / safe
+    tr, det = cxx + cyy, cxx * cyy - cxy * cxy
+    disc = np.sqrt(np.maximum(tr * tr / 4 - det, 0.0))
+    l1, l2 = tr / 2 + disc, np.maximum(tr / 2 - disc, 1e-9)
+    elong = np.sqrt(l1 / l2)
+    area_um2 = area * mpp * mpp
+    ok = (
+        (area_um2 >= cfg.nucleus_min_area_um2)
+        & (area_um2 <= cfg.nucleus_max_area_um2)
+        & (elong <= cfg.nucleus_max_elongation)
+    )
+    ok[0] = False
+    new_id = np.zeros(n_labels, np.int32)
+    new_id[ok] = np.arange(1, int(ok.sum()) + 1, dtype=np.int32)
+    return new_id[labels]
+
+
+def grow_cells(nuclei: np.ndarray, tissue: np.ndarray, mpp: float, cfg: CellConfig) -> np.ndarray:
+    """Cell labels: each tissue pixel within ``cell_expand_um`` of a nucleus joins the nearest."""
+    if not nuclei.any():
+        return np.zeros_like(nuclei)
+    src = (nuclei == 0).astype(np.uint8)
+    dist, lab = cv2.distanceTransformWithLabels(
+        src, cv2.DIST_L2, cv2.DIST_MASK_5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    ys, xs = np.nonzero(nuclei)
+    owner = np.zeros(int(lab.max()) + 1, np.int32)
+    owner[lab[ys, xs]] = nuclei[ys, xs]
+    cells = owner[lab]
+    cells[(dist > cfg.cell_expand_um / mpp) | (~tissue & (nuclei == 0))] = 0
+    return cells
+
+
+def _group_starts(keys_sorted: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])
+
+
+def measure_cells(
+    nuclei: np.ndarray,
+    cells: np.ndarray,
+    h_od: np.ndarray,
+    dab_od: np.ndarray,
+    mpp: float,
+    cfg: CellConfig,
+) -> RegionCells:
+    """Per-cell nucleus and membrane measurements (see the module docstring)."""
+    n = int(nuclei.max())
+    if n == 0:
+        return empty_cells()
+    ys, xs = np.nonzero(nuclei)
+    lab = nuclei[ys, xs]
+    area = np.bincount(lab, minlength=n + 1)[1:].astype(np.float64)
+    cx = np.bincount(lab, xs, minlength=n + 1)[1:] / area
+    cy = np.bincount(lab, ys, minlength=n + 1)[1:] / area
+    h_mean = np.bincount(lab, h_od[ys, xs], minlength=n + 1)[1:] / area
+
+    # membrane band: cell pixels within band_um of the cell's boundary, outside the nucleus
+    edge = np.zeros(cells.shape, np.uint8)
+    edge[:, 1:] |= cells[:, 1:] != cells[:, :-1]
+    edge[:, :-1] |= cells[:, :-1] != cells[:, 1:]
+    edge[1:, :] |= cells[1:, :] != cells[:-1, :]
+    edge[:-1, :] |= cells[:-1, :] != cells[1:, :]
+    dist_edge = cv2.distanceTransform(1 - edge, cv2.DIST_L2, 3)
+    in_cell = cells > 0
+    band = in_cell & (dist_edge <= cfg.band_um / mpp) & (nuclei == 0)
+    interior = in_cell & ~band & (nuclei == 0)
+
+    dab_s = cv2.GaussianBlur(dab_od, (0, 0), 0.4 / mpp) * np.float32(cfg.dab_scale)
+    iy, ix = np.nonzero(interior)
+    il = cells[iy, ix]
+    n_int = np.bincount(il, minlength=n + 1)[1:]
+    bg_int = np.bincount(il, dab_s[iy, ix], minlength=n + 1)[1:] / np.maximum(n_int, 1)
+    # cells without interior (tiny, crowded): the region's median cytoplasm, or 0
+    fallback = float(np.median(dab_s[iy, ix])) if iy.size else 0.0
+    bg = np.where(n_int >= 5, bg_int, fallback)
+
+    by, bx = np.nonzero(band)
+    bl = cells[by, bx]
+    val = dab_s[by, bx] - bg[bl - 1].astype(np.float32)
+    np.maximum(val, 0, out=val)
+    n_band = np.bincount(bl, minlength=n + 1)[1:]
+    mem_mean = np.bincount(bl, val, minlength=n + 1)[1:] / np.maximum(n_band, 1)
+
+    p90 = np.zeros(n, np.float64)
+    comp = np.zeros(n, np.float64)
+    if bl.size:
+        order = np.lexsort((val, bl))
+        bl_s, val_s = bl[order], val[order]
+        starts = _group_starts(bl_s)
+        counts = np.diff(np.r_[starts, bl_s.size])
+        pick = starts + np.floor(0.9 * (counts - 1)).astype(np.int64)
+        p90[bl_s[starts] - 1] = val_s[pick]
+        # completeness: angular sectors around the nucleus centroid
+        k = cfg.n_sectors
+        ang = np.arctan2(by - cy[bl - 1], bx - cx[bl - 1])
+        sector = np.minimum(((ang + np.pi) / (2 * np.pi) * k).astype(np.int64), k - 1)
+        key = bl.astype(np.int64) * k + sector
+        order = np.argsort(key, kind="stable")
+        key_s = key[order]
+        st = _group_starts(key_s)
+        sec_max = np.maximum.reduceat(val[order], st)
+        sec_cell = key_s[st] // k
+        thr = np.maximum(cfg.od_faint, cfg.complete_rel * p90)
+        stained = sec_max >= thr[sec_cell - 1]
+        n_sec = np.bincount(sec_cell, minlength=n + 1)[1:]
+        n_st = np.bincount(sec_cell, stained.astype(np.float64), minlength=n + 1)[1:]
+        comp = np.where(n_sec > 0, n_st / np.maximum(n_sec, 1), 0.0)
+    no_band = n_band == 0
+    mem_mean[no_band] = 0.0
+    p90[no_band] = 0.0
+    comp[p90 < cfg.od_faint] = 0.0  # an unstained membrane has no stained arc
+    return RegionCells(
+        x=cx.astype(np.float32),
+        y=cy.astype(np.float32),
+        nucleus_area_um2=(area * mpp * mpp).astype(np.float32),
+        nucleus_h_od=h_mean.astype(np.float32),
+        membrane_od_mean=mem_mean.astype(np.float32),
+        membrane_od_p90=p90.astype(np.float32),
+        completeness=comp.astype(np.float32),
+        nuclei=nuclei,
+        cells=cells,
+    )
+
+
+def analyse_region(
+    rgb: np.ndarray,
+    stain_matrix: np.ndarray,
+    mpp: float,
+    cfg: CellConfig,
+    io: float = 240.0,
+) -> RegionCells:
+    """Nuclei, cells and membrane measurements of an RGB uint8 region at ``mpp`` µm/px."""
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an H×W×3 uint8 RGB region, got {rgb.dtype} {rgb.shape}")
+    h_od, dab_od, valid = stain_concentrations(rgb, stain_matrix, io)
+    nuclei = find_nuclei(h_od, valid, mpp, cfg)
+    tissue = rgb.max(axis=-1) < WHITE_LEVEL
+    cells = grow_cells(nuclei, tissue, mpp, cfg)
+    return measure_cells(nuclei, cells, h_od, dab_od, mpp, cfg)
+
+
+def outlines(labels: np.ndarray, n: int, keep: np.ndarray | None = None) -> list[np.ndarray]:
+    """Outer outline (k×2 float x, y, region px) of labels 1…n (only where ``keep[i]``).
+
+    The largest external contour of each label, simplified to within 0.5 px; a label without
+    pixels gets an empty (0, 2) array.
+    """
+    from scipy import ndimage as ndi
+
+    slices = ndi.find_objects(labels, max_label=n)
+    out: list[np.ndarray] = []
+    for i, sl in enumerate(slices):
+        if keep is not None and not keep[i]:
+            continue
+        if sl is None:
+            out.append(np.zeros((0, 2), np.float32))
+            continue
+        mask = np.zeros((sl[0].stop - sl[0].start + 2, sl[1].stop - sl[1].start + 2), np.uint8)
+        mask[1:-1, 1:-1] = labels[sl] == i + 1
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if not contours:  # pragma: no cover - a labelled box has pixels
+            out.append(np.zeros((0, 2), np.float32))
+            continue
+        c = max(contours, key=cv2.contourArea)
+        c = cv2.approxPolyDP(c, 0.5, True).reshape(-1, 2).astype(np.float32)
+        c[:, 0] += sl[1].start - 1
+        c[:, 1] += sl[0].start - 1
+        out.append(c)
+    return out

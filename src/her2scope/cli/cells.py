@@ -1,0 +1,140 @@
+"""``her2scope cells``: cell-level HER2 membrane scoring by the ASCO/CAP rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``cells`` and ``cells-fit`` commands to ``app``."""
+    app.command(name="cells")(cells)
+    app.command(name="cells-fit")(cells_fit)
+
+
+def _overrides(items: list[str] | None) -> dict[str, object]:
+    from her2scope.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("cells.")
+        if not sep or not key:
+            raise ConfigError(f"setting '{item}': use KEY=VALUE, e.g. od_strong=0.5")
+        out[key] = value.strip()
+    return out
+
+
+def build_config(settings: list[str] | None, dab_scale: float | None, target_mpp: float | None):  # type: ignore[no-untyped-def]
+    """A :class:`CellConfig` from ``KEY=VALUE`` settings and the explicit options."""
+    import dataclasses
+
+    from her2scope.cells.config import CellConfig
+    from her2scope.errors import ConfigError
+
+    fields = {f.name: f for f in dataclasses.fields(CellConfig)}
+    kwargs: dict[str, object] = {}
+    for key, raw in _overrides(settings).items():
+        if key not in fields:
+            raise ConfigError(f"unknown cells setting '{key}'; known: {', '.join(sorted(fields))}")
+        typ = int if fields[key].type in ("int", int) else float
+        try:
+            kwargs[key] = typ(raw)  # type: ignore[operator]
+        except ValueError:
+            raise ConfigError(f"cells setting {key}={raw!r}: not a number") from None
+    if dab_scale is not None:
+        kwargs["dab_scale"] = dab_scale
+    if target_mpp is not None:
+        kwargs["target_mpp"] = target_mpp
+    return CellConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def cells(
+    slides: list[Path] = typer.Argument(
+        ..., help="Slide files to analyse.", show_default=False, metavar="SLIDE..."
+    ),
+    roi: Path = typer.Option(
+        None,
+        "--roi",
+        help="ROI file (one slide) or folder of <slide_id>.geojson/.json/.xml. Default: whole slide.",
+    ),
+    out: Path = typer.Option(Path("cells"), "--out", help="Output folder."),
+    tiles: Path = typer.Option(
+        None,
+        "--tiles",
+        help="Tiling folder whose slides/<slide_id>.json holds `stain fit` vectors. Default: "
+        "fit the stain vectors on the slide itself.",
+    ),
+    workers: int = typer.Option(1, "--workers", help="Slides analysed in parallel processes."),
+    mpp: float = typer.Option(
+        None, "--mpp", help="µm/px at level 0 for slides whose file has none."
+    ),
+    target_mpp: float = typer.Option(
+        None, "--target-mpp", help="µm/px to analyse at (default 0.5)."
+    ),
+    dab_scale: float = typer.Option(
+        None,
+        "--dab-scale",
+        help="Per-centre factor on measured DAB OD (from `her2scope cells fit`). Default 1.",
+    ),
+    settings: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Any CellConfig value, KEY=VALUE (repeatable), e.g. --set od_strong=0.5.",
+    ),
+) -> None:
+    """Find nuclei and membranes, class every cell and call each slide by the ASCO/CAP rules.
+
+    Per slide writes OUT/<slide_id>.cells.parquet (one row per cell: level-0 x, y, nucleus area
+    µm², membrane DAB OD mean/p90, completeness, class), OUT/<slide_id>.cells.json (call, rule
+    that fired, % of cells per class, H-score), OUT/<slide_id>.cells.geojson (QuPath cells:
+    File → Import objects) and OUT/<slide_id>.cells.png (overlay); and OUT/cells_summary.csv.
+    A failing slide is reported at the end and the others go on (exit status 1). Research
+    software, not a medical device. See docs/cells.md.
+    """
+    from her2scope.cells.slide import run_cells
+
+    cfg = build_config(settings, dab_scale, target_mpp)
+    report = run_cells(slides, out, rois=roi, cfg=cfg, tiles_dir=tiles, workers=workers, mpp=mpp)
+    s = report.summary
+    ok = s[s["status"] == "ok"]
+    for _, r in ok.iterrows():
+        flag = "  (borderline)" if bool(r["borderline"]) else ""
+        typer.echo(f"{r['slide_id']}: {r['call']} — {r['n_cells']} cells — {r['rule']}{flag}")
+    typer.echo(f"{len(ok)}/{len(s)} slide(s) analysed; summary: {report.summary_path}")
+    if report.failures:
+        typer.secho(f"{len(report.failures)} slide(s) failed:", fg=typer.colors.RED, err=True)
+        for path, msg in report.failures:
+            typer.secho(f"  {path}: {msg}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+def cells_fit(
+    manifest: Path = typer.Argument(
+        ..., help="Manifest CSV of labelled slides (slide_id, center, label).", show_default=False
+    ),
+    cells_dir: Path = typer.Option(
+        ..., "--cells", help="Folder of <slide_id>.cells.parquet from `her2scope cells score`."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="JSON file for the fitted values. Default: CELLS/cells_fit.json."
+    ),
+) -> None:
+    """Fit a DAB-scale factor per centre so that the cell-rule calls agree with the labels.
+
+    Reads each slide's cell table (as scored, with the settings recorded in its
+    <slide_id>.cells.json), searches the factor that maximises the quadratic κ between calls and
+    manifest labels per centre (the middle of the best plateau, so the value has a margin), and
+    writes the fitted values with the κ before and after. Use the factor of a centre with
+    `her2scope cells score --dab-scale F`.
+    """
+    from her2scope.cells.fit import fit_dab_scale
+
+    result = fit_dab_scale(manifest, cells_dir, out)
+    for centre, r in result["centers"].items():
+        typer.echo(
+            f"centre {centre}: dab_scale {r['dab_scale']:.3f} "
+            f"(κ {r['kappa_before']:.3f} → {r['kappa_after']:.3f}, {r['n_slides']} slides)"
+        )
+    typer.echo(f"wrote {result['path']}")
