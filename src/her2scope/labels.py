@@ -6,6 +6,7 @@ A label scheme names the classes a model predicts, in order, and maps raw manife
 - ``study`` (default): ``1+ / 2+ / 3+``, as in the dual-centre study.
 - ``full``: ``0 / 1+ / 2+ / 3+``.
 - ``her2low``: ``0 | low (1+, 2+) | positive (3+)``.
+- ``asco2023``: ``0-null / 0-ultralow / 1+ / 2+ / 3+`` (HER2 0 labels must name their kind).
 
 The order of ``classes`` is the ordinal order (used by weighted kappa and adjacent-error counts).
 """
@@ -90,6 +91,13 @@ SCHEMES: dict[str, LabelScheme] = {
         "her2low",
         ("0", "low", "positive"),
         {"0": ("0",), "low": ("1+", "2+"), "positive": ("3+",)},
+    ),
+    # ASCO/CAP 2023: HER2 0 split into null and ultralow. A plain "0" label is not enough here
+    # (it does not say which kind): labels must read "0-null" or "0-ultralow" (exact names).
+    "asco2023": LabelScheme(
+        "asco2023",
+        ("0-null", "0-ultralow", "1+", "2+", "3+"),
+        {"0-null": (), "0-ultralow": (), "1+": ("1+",), "2+": ("2+",), "3+": ("3+",)},
     ),
 }
 

@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ class _Patient:
     label: str
     n_slides: int
     offset: float
+    zero_kind: str | None = None  # label "0": "0-null" or "0-ultralow" (ASCO/CAP 2023)
 
 
 def _check_args(
@@ -98,7 +99,7 @@ def _plan(n_patients: int, n_centers: int, labels: tuple[str, ...], seed: int) -
     n_two = round(TWO_SLIDE_FRACTION * n_patients) if n_patients >= 3 else 0
     two = set(rng.choice(n_patients, size=n_two, replace=False).tolist())
     width = max(2, len(str(n_patients)))
-    return [
+    patients = [
         _Patient(
             patient_id=f"P{i + 1:0{width}d}",
             center=c,
@@ -108,6 +109,13 @@ def _plan(n_patients: int, n_centers: int, labels: tuple[str, ...], seed: int) -
         )
         for i, (c, label) in enumerate(rows)
     ]
+    # HER2 0 comes as two kinds (null, ultralow), alternating over the 0 patients from a
+    # seed-drawn start; a separate stream, so the other patients are drawn as before
+    flip = int(np.random.default_rng([seed, 3]).integers(2))
+    zeros = [k for k, p in enumerate(patients) if p.label == "0"]
+    for n, k in enumerate(zeros):
+        patients[k] = replace(patients[k], zero_kind=P.ZERO_KINDS[(n + flip) % 2])
+    return patients
 
 
 def make_cohort(
@@ -147,6 +155,7 @@ def make_cohort(
                 slide_px=centre_slide_px(slide_px, profiles[pat.center]),
                 patient_offset=pat.offset,
                 seed=(seed, 2, p_index, k),
+                zero_kind=pat.zero_kind,
             )
             jobs.append((plan, str(out), cells, masks))
 
@@ -255,6 +264,7 @@ def _render_and_write(job: tuple[SlidePlan, str, bool, bool]) -> dict[str, Any]:
         },
         "complete_fraction": round(float(np.mean(r.cells["completeness"] >= P.COMPLETE_MIN)), 4),
         "asco_cap_score": r.score,
+        "asco_call": r.call,
         "log_offset": round(r.log_offset, 4),
     }
 

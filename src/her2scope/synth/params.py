@@ -172,6 +172,25 @@ def membrane_class_index(od: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.asarray(MEMBRANE_OD_BOUNDS), od, side="right").astype(np.int8)
 
 
+#: Fraction of stained (faint) tumour cells drawn for a HER2-0 "ultralow" slide: inside the
+#: ASCO/CAP 2023 ultralow band (> 0 and ≤ 10 %) with a margin on both sides.
+ULTRALOW_RANGE: tuple[float, float] = (0.03, 0.08)
+#: The two kinds of HER2 0 (ASCO/CAP 2023): no staining, or faint incomplete staining in ≤ 10 %.
+ZERO_KINDS: tuple[str, str] = ("0-null", "0-ultralow")
+
+
+def asco_cap_call(class_idx: np.ndarray, completeness: np.ndarray) -> str:
+    """:func:`asco_cap_score` with HER2 0 split as in the ASCO/CAP 2023 update.
+
+    ``0-null``: no tumour cell with perceptible membrane staining; ``0-ultralow``: some (at most
+    10 %) faint, incomplete staining; otherwise the score (``1+``, ``2+``, ``3+``).
+    """
+    score = asco_cap_score(class_idx, completeness)
+    if score != "0":
+        return score
+    return "0-ultralow" if np.count_nonzero(np.asarray(class_idx) >= 1) else "0-null"
+
+
 def asco_cap_score(class_idx: np.ndarray, completeness: np.ndarray) -> str:
     """HER2 IHC score of a set of tumour cells by the ASCO/CAP membrane-staining rules.
 

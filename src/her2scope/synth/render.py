@@ -43,6 +43,7 @@ class SlidePlan:
     slide_px: int
     patient_offset: float  # log-scale offset of membrane DAB OD shared by the patient's slides
     seed: tuple[int, ...]  # entropy for np.random.default_rng
+    zero_kind: str | None = None  # label "0" only: "0-null" or "0-ultralow" (None: either)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class RenderedSlide:
     roi: np.ndarray  # (n, 2) float level-0 (x, y) vertices of the Tumor ROI, not closed
     score: str  # ASCO/CAP score of the rendered cells (equals plan.label)
     log_offset: float  # the slide's final log-scale offset of membrane DAB OD
+    call: str = ""  # ASCO/CAP 2023 call of the cells: 0-null, 0-ultralow, 1+, 2+ or 3+
 
 
 # --- noise helpers ---------------------------------------------------------------------------
@@ -186,6 +188,38 @@ def _fit_offset(
     raise RuntimeError(f"could not reach HER2 {target} from offset {start}")  # pragma: no cover
 
 
+def _fit_zero_offset(
+    kind: str, base_log: np.ndarray, u: np.ndarray, v: np.ndarray, start: float
+) -> float:
+    """The log offset nearest to ``start`` whose cells are HER2-0 of ``kind``.
+
+    ``0-null``: no stained cell; ``0-ultralow``: stained (faint) cells in
+    :data:`~her2scope.synth.params.ULTRALOW_RANGE` of the tumour cells, inside the ASCO/CAP
+    ultralow band (> 0 and ≤ 10 %) with a margin on both sides.
+    """
+    lo, hi = P.ULTRALOW_RANGE
+
+    def rank(off: float) -> float:  # non-decreasing in off (membrane_state is monotone)
+        _, cls, comp = membrane_state(base_log, u, v, off)
+        if P.asco_cap_score(cls, comp) != "0":
+            return 2.0
+        stained = np.count_nonzero(cls >= 1) / cls.size
+        if stained == 0:
+            return 0.0
+        if stained < lo:
+            return 0.5
+        return 1.0 if stained <= hi else 1.5
+
+    want = {"0-null": 0.0, "0-ultralow": 1.0}[kind]
+    off = start
+    for _ in range(400):
+        r = rank(off)
+        if r == want:
+            return off
+        off += -0.02 if r > want else 0.02
+    raise RuntimeError(f"could not reach HER2 {kind} from offset {start}")  # pragma: no cover
+
+
 # --- rendering ---------------------------------------------------------------------------------
 
 
@@ -239,7 +273,10 @@ def render_slide(plan: SlidePlan, band_px: int = 512) -> RenderedSlide:
     u_complete = rng.uniform(size=n_cells)
     v_arc = rng.uniform(size=n_cells)
     start = plan.patient_offset + P.SIGMA_SLIDE * float(rng.normal())
-    log_offset = _fit_offset(plan.label, base_log, u_complete, v_arc, start)
+    if plan.label == "0" and plan.zero_kind is not None:
+        log_offset = _fit_zero_offset(plan.zero_kind, base_log, u_complete, v_arc, start)
+    else:
+        log_offset = _fit_offset(plan.label, base_log, u_complete, v_arc, start)
     dab_od, cls, completeness = membrane_state(base_log, u_complete, v_arc, log_offset)
     score = P.asco_cap_score(cls, completeness)
 
@@ -265,7 +302,13 @@ def render_slide(plan: SlidePlan, band_px: int = 512) -> RenderedSlide:
         "in_roi": lay.roi_mask[cy.astype(np.int32), cx.astype(np.int32)],
     }
     return RenderedSlide(
-        rgb=rgb, mask=mask, cells=out_cells, roi=lay.roi, score=score, log_offset=float(log_offset)
+        rgb=rgb,
+        mask=mask,
+        cells=out_cells,
+        roi=lay.roi,
+        score=score,
+        log_offset=float(log_offset),
+        call=P.asco_cap_call(cls, completeness),
     )
 
 
