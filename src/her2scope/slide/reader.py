@@ -239,11 +239,17 @@ class _OpenSlideBackend:
         self.mpp = (_float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y")))
         self.objective_power = _float(props.get("openslide.objective-power"))
         self.vendor = props.get("openslide.vendor")
+        # OpenSlide trusts a DICOM header's "RGB" even when the JPEG frames are JFIF (YCbCr)
+        self.ycbcr_frames = self.vendor == "dicom" and dicom_jfif_declared_rgb(path)
 
     def read_rgba(
         self, level0_xy: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
-        return np.asarray(self._slide.read_region(level0_xy, level, size))
+        rgba = np.asarray(self._slide.read_region(level0_xy, level, size))
+        if self.ycbcr_frames:
+            rgba = rgba.copy()
+            rgba[..., :3] = ycbcr_to_rgb(rgba[..., :3])
+        return rgba
 
     def close(self) -> None:
         self._slide.close()
@@ -450,6 +456,46 @@ class _ImageBackend:
 
     def close(self) -> None:
         self._arr = np.zeros((0, 0, 3), np.uint8)
+
+
+#: DICOM transfer syntaxes of baseline / extended JPEG frames.
+_DICOM_JPEG_SYNTAXES = (b"1.2.840.10008.1.2.4.50", b"1.2.840.10008.1.2.4.51")
+
+
+def dicom_jfif_declared_rgb(path: Path, head_bytes: int = 1 << 20) -> bool:
+    """True when a DICOM file declares RGB pixels but its first JPEG frame is JFIF (YCbCr).
+
+    JFIF mandates YCbCr; a header saying ``PhotometricInterpretation = RGB`` over JFIF frames is
+    a known export bug, and OpenSlide 4 then returns the YCbCr samples as RGB (glass at about
+    (245, 128, 128)). Frames with an Adobe marker (which states the colour transform) are
+    trusted. Reads only the first ``head_bytes`` of the file; False on anything unexpected.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(head_bytes)
+    except OSError:
+        return False
+    # (0028,0004) Photometric Interpretation, explicit VR little endian: tag, "CS", length, value
+    i = head.find(b"\x28\x00\x04\x00CS")
+    if i < 0 or not any(s in head for s in _DICOM_JPEG_SYNTAXES):
+        return False
+    n = int.from_bytes(head[i + 6 : i + 8], "little")
+    if head[i + 8 : i + 8 + n].strip(b" \x00") != b"RGB":
+        return False
+    pixel_data = head.find(b"\xe0\x7f\x10\x00")  # (7FE0,0010)
+    soi = head.find(b"\xff\xd8\xff", max(pixel_data, 0))
+    if pixel_data < 0 or soi < 0:
+        return False
+    frame_head = head[soi : soi + 64]
+    return b"JFIF\x00" in frame_head and b"Adobe" not in frame_head
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    """JPEG (JFIF, full-range ITU-R BT.601) YCbCr uint8 → RGB uint8, rounded and clipped."""
+    f = ycc.astype(np.float32)
+    y, cb, cr = f[..., 0], f[..., 1] - 128.0, f[..., 2] - 128.0
+    rgb = np.stack((y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb), axis=-1)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
 def _float(v: Any) -> float | None:

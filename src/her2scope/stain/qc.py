@@ -1,0 +1,61 @@
+"""Measurements that tell whether a slide is hematoxylin + DAB with readable colours (numpy only).
+
+These measure; they do not decide. :mod:`her2scope.scoring.qc` compares the values with the
+thresholds of :class:`~her2scope.scoring.qc.QCConfig`.
+
+Frames and units as in :mod:`her2scope.stain.macenko`: RGB uint8 images, optical density (OD)
+``-ln((I + 1) / io)``, unit OD stain vectors. Angles are in degrees, lengths in µm.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Ruifrok & Johnston 2001 eosin OD vector (as in scikit-image's ``rgb_from_hed``), unit length.
+EOSIN_OD = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two OD directions in degrees (0–90: the sign of a direction is ignored)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    c = abs(float(a @ b)) / (np.linalg.norm(a) * np.linalg.norm(b))
+    return float(np.degrees(np.arccos(min(1.0, c))))
+
+
+def background_chroma(thumbnail: np.ndarray, quantile: float = 0.95) -> tuple[float, list[int]]:
+    """Colour of the glass: the median RGB of the brightest pixels and its chroma (max − min).
+
+    Brightest = luminance (mean of R, G, B) at or above its ``quantile``. Glass scanned with a
+    white balance is grey (chroma of a few units); a JPEG YCbCr frame read as RGB puts glass at
+    about (245, 128, 128), chroma above 100.
+    """
+    px = np.asarray(thumbnail).reshape(-1, 3)
+    lum = px.astype(np.float32).mean(axis=1)
+    bright = px[lum >= np.quantile(lum, quantile)]
+    colour = np.median(bright, axis=0)
+    return float(colour.max() - colour.min()), [round(float(v)) for v in colour]
+
+
+def off_plane_fraction(
+    images: list[np.ndarray], stain_matrix: np.ndarray, io: float = 240.0, beta: float = 0.15
+) -> float | None:
+    """Share of the tissue optical density that the two stain vectors cannot explain.
+
+    Tissue: pixels with OD ≥ ``beta`` in every channel (as the stain fit). For each, the part of
+    its OD vector orthogonal to the plane of ``stain_matrix`` (rows H, DAB); the value is
+    ``Σ|OD⊥| / Σ|OD|`` over tissue pixels (0: every colour is a mix of the two stains). A third
+    stain (eosin in an H&E slide fitted as hematoxylin only) leaves a large share. None without
+    tissue.
+    """
+    from her2scope.stain.macenko import od_lut
+
+    lut = od_lut(io)
+    px = np.concatenate([np.asarray(a).reshape(-1, 3) for a in images])
+    od = lut[px]
+    od = od[(od >= beta).all(axis=1)]
+    if len(od) == 0:
+        return None
+    q, _ = np.linalg.qr(np.asarray(stain_matrix, np.float64).T)  # orthonormal basis of the plane
+    perp = od - (od @ q) @ q.T
+    return float(np.linalg.norm(perp, axis=1).sum() / np.linalg.norm(od, axis=1).sum())
