@@ -59,6 +59,122 @@ class RunConfig:
     explain: Any = _default("explain")
 
 
+def check_range(
+    problems: list[str],
+    where: str,
+    value: float | None,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    hint: str = "",
+) -> None:
+    """Append ``"where = value: must be …"`` to ``problems`` unless ``lo ≤ value ≤ hi``.
+
+    ``lo_open`` / ``hi_open`` make a bound strict; NaN and infinities are always out of range.
+    ``hint`` is added after the rule (what the setting means or what to do). The stage config
+    dataclasses use it in their ``problems()`` methods, so each rule has one home.
+    """
+    import math
+
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if ok:
+        return
+
+    def num(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+    if lo is not None and hi is not None:
+        rule = (
+            f"must be within {'(' if lo_open else '['}{num(lo)}, {num(hi)}{')' if hi_open else ']'}"
+        )
+    elif lo is not None:
+        rule = f"must be {'>' if lo_open else '>='} {num(lo)}"
+    else:
+        assert hi is not None
+        rule = f"must be {'<' if hi_open else '<='} {num(hi)}"
+    problems.append(f"{where} = {value!r}: {rule}" + (f" ({hint})" if hint else ""))
+
+
+def config_problems(cfg: RunConfig) -> list[str]:
+    """Every out-of-range or inconsistent setting of every section (no file but config paths read).
+
+    Each section's rules live in its dataclass (``problems()``); this only collects them and adds
+    the top-level ones.
+    """
+    problems: list[str] = []
+    if not str(cfg.out_dir).strip():
+        problems.append("out_dir is empty; name the output folder")
+    check_range(problems, "seed", cfg.seed, 0, 2**32 - 1)
+    for name in _stage_configs():
+        section = getattr(cfg, name)
+        check = getattr(section, "problems", None)
+        if check is not None:
+            problems += check()
+    return problems
+
+
+def validate_all(cfg: RunConfig, check_manifest: bool = True) -> None:
+    """Check the whole resolved config and (``check_manifest``) the manifest before any work.
+
+    Collects every problem of every section (ranges, choices, model names from the model
+    registry, files named by the config: pretrained weights, stain reference, splits CSV), then
+    reads the manifest with the project's one reader (columns, rows, labels under
+    ``cohort.label_scheme``, files, paths) and plans the splits on it (``test_centers`` exist in
+    the manifest, a patient in one centre, something left to train on, folds). Raises one
+    :class:`ConfigError` listing them all; returns None when everything is fine. Reads only; it
+    writes nothing. Called at the start of ``run_pipeline`` and of the CLI commands.
+    """
+    problems = config_problems(cfg)
+    if check_manifest:
+        problems += _manifest_problems(cfg)
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(
+            f"{len(problems)} problem(s) in the configuration and manifest; nothing was run. "
+            f"Fix them (in the config file or as KEY=VALUE overrides) and run again:\n{lines}"
+        )
+
+
+def _manifest_problems(cfg: RunConfig) -> list[str]:
+    from her2scope.errors import Her2ScopeError, ManifestError
+
+    manifest = Path(cfg.cohort.manifest)
+    if not str(cfg.cohort.manifest).strip():
+        return ["cohort.manifest is empty; give the manifest CSV (cohort.manifest=PATH)"]
+    if not manifest.is_file():
+        return [
+            f"cohort.manifest '{manifest}' not found (looked for {manifest.resolve()}); set it in "
+            "the config or with cohort.manifest=PATH"
+        ]
+    from her2scope.cohort.manifest import load_manifest
+    from her2scope.cohort.splits import make_splits
+    from her2scope.labels import SCHEMES
+
+    if cfg.cohort.label_scheme not in SCHEMES:
+        return []  # already reported by the cohort section
+    try:
+        df = load_manifest(manifest, cfg.cohort.label_scheme, cfg.cohort.allow_absolute_paths)
+    except ManifestError as exc:
+        return [f"manifest '{exc.path}': {p}" for p in exc.problems]
+    if cfg.cohort.split_mode == "file" and not (
+        cfg.cohort.splits_csv and Path(cfg.cohort.splits_csv).is_file()
+    ):
+        return []  # reported by the cohort section; the split cannot be planned without it
+    try:
+        make_splits(df, cfg.cohort)
+    except Her2ScopeError as exc:
+        return [f"splits of manifest '{manifest}': {exc}"]
+    return []
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain, YAML-safe dictionary of a (nested) config dataclass; tuples become lists."""
 

@@ -178,7 +178,10 @@ def run_pipeline(
     rewrite it).
     """
     from her2scope._lock import output_lock
+    from her2scope.config import validate_all
 
+    train = dataclasses.replace(cfg.train, models=tuple(models)) if models else cfg.train
+    validate_all(dataclasses.replace(cfg, train=train))  # every problem, before any work
     out = Path(cfg.out_dir).resolve()
     with output_lock(out):
         return _run_pipeline(cfg, force, models, workers, echo, config_path)

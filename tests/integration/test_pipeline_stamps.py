@@ -86,11 +86,20 @@ DOWNSTREAM_OF_TRAIN = Counter(
 @pytest.fixture()
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeStages, RunConfig]:
     manifest = tmp_path / "manifest.csv"
-    manifest.write_text("slide_id,patient_id,center,label,slide_path\nS1,P1,A,1+,s1.tif\n")
+    manifest.write_text(
+        "slide_id,patient_id,center,label,slide_path\nS1,P1,A,1+,s1.tif\nS0,P0,B,2+,s0.tif\n"
+    )
+    for name in ("s0.tif", "s1.tif", "s2.tif"):  # the run validates the manifest first
+        (tmp_path / name).write_bytes(b"x")
     monkeypatch.setattr("her2scope.report.html.write_report", _fake_report)
     cfg = apply_overrides(
         RunConfig(),
-        [f"out_dir={tmp_path / 'out'}", f"cohort.manifest={manifest}", "stain.mode=preserve_dab"],
+        [
+            f"out_dir={tmp_path / 'out'}",
+            f"cohort.manifest={manifest}",
+            "stain.mode=preserve_dab",
+            "cohort.test_centers=[B]",
+        ],
     )
     return FakeStages(monkeypatch), cfg
 

@@ -74,6 +74,7 @@ def evaluate(
                 raise ConfigError(f"run folder '{run_dir}' not found")
             cfg = _run_eval_config(run_dir)
             cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
+            cfg.validate()  # every out-of-range setting at once, before any work
             with output_lock(run_dir):
                 res = evaluate_run(run_dir, cfg.split, cfg)
         except Her2ScopeError as exc:

@@ -115,20 +115,13 @@ def _demo(
     overrides: list[str] | None,
     force: list[str] | None,
 ) -> None:
+    import dataclasses
     import json
 
-    from her2scope.config import load_config
+    from her2scope.config import load_config, validate_all
 
     cohort_dir = out / "cohort"
     manifest = cohort_dir / "manifest.csv"
-    params = _read_json(cohort_dir / "cohort.json").get("parameters", {})
-    if not manifest.is_file() or params.get("n_patients") != patients:
-        from her2scope.synth import make_cohort
-
-        typer.echo(f"demo: generating a synthetic cohort of {patients} patients in {cohort_dir}")
-        manifest = make_cohort(cohort_dir, n_patients=patients, n_centers=2, seed=0, workers=2)
-    else:
-        typer.echo(f"demo: reusing the synthetic cohort in {cohort_dir}")
     cfg = load_config(
         demo_config_path(),
         [
@@ -138,7 +131,19 @@ def _demo(
             *(overrides or []),
         ],
     )
-    _run_and_print(cfg, force or [], parse_models(models), None)
+    names = parse_models(models)
+    train = dataclasses.replace(cfg.train, models=tuple(names)) if names else cfg.train
+    # every settings problem before the cohort is rendered (the manifest is checked by the run)
+    validate_all(dataclasses.replace(cfg, train=train), check_manifest=False)
+    params = _read_json(cohort_dir / "cohort.json").get("parameters", {})
+    if not manifest.is_file() or params.get("n_patients") != patients:
+        from her2scope.synth import make_cohort
+
+        typer.echo(f"demo: generating a synthetic cohort of {patients} patients in {cohort_dir}")
+        make_cohort(cohort_dir, n_patients=patients, n_centers=2, seed=0, workers=2)
+    else:
+        typer.echo(f"demo: reusing the synthetic cohort in {cohort_dir}")
+    _run_and_print(cfg, force or [], names, None)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def train(
 
     from her2scope._lock import output_lock
     from her2scope.cli._options import check_device
-    from her2scope.config import apply_overrides, load_config
+    from her2scope.config import apply_overrides, load_config, validate_all
     from her2scope.engine.checkpoint import load_checkpoint
     from her2scope.engine.train import train_model
     from her2scope.errors import ConfigError
@@ -75,6 +75,7 @@ def train(
         if not cfg_path.is_file():
             raise ConfigError(f"cannot resume '{resume}': no config.yaml there")
         cfg = load_config(cfg_path, overrides)
+        validate_all(cfg)  # every problem of the config and manifest, before any work
         with output_lock(resume):
             ckpt = load_checkpoint(ckpt_path)
             tiles_dir = tiles or Path(ckpt["tiles_dir"])
@@ -96,6 +97,7 @@ def train(
         raise ConfigError("no models to train; set train.models or --models")
     if models:
         cfg = apply_overrides(cfg, [f"train.models=[{','.join(repr(n) for n in names)}]"])
+    validate_all(cfg)  # every problem of the config and manifest, before any work
     tiles_dir = tiles or Path(cfg.out_dir) / "tiles"
     runs_root = out or Path(cfg.out_dir) / "runs"
     failed: list[str] = []

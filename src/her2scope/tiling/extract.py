@@ -214,18 +214,7 @@ def tile_slide(
 
 
 def _check_cfg(cfg: TilingConfig) -> None:
-    from her2scope.errors import ConfigError
-
-    if cfg.tile_px < 8:
-        raise ConfigError(f"tiling.tile_px = {cfg.tile_px} is too small (at least 8)")
-    if not 0 <= cfg.max_white <= 1:
-        raise ConfigError(f"tiling.max_white = {cfg.max_white} must be within [0, 1]")
-    if not 0 <= cfg.white_level <= 255:
-        raise ConfigError(f"tiling.white_level = {cfg.white_level} must be within [0, 255]")
-    if not 0 < cfg.min_roi_cover <= 1:
-        raise ConfigError(f"tiling.min_roi_cover = {cfg.min_roi_cover} must be within (0, 1]")
-    if cfg.target_mpp is not None and not cfg.target_mpp > 0:
-        raise ConfigError(f"tiling.target_mpp = {cfg.target_mpp} must be positive")
+    cfg.validate()  # the rules live in TilingConfig.problems()
 
 
 def _bounds_txt(bounds: tuple[float, float, float, float]) -> str:
