@@ -180,7 +180,8 @@ def fit_thresholds(
     def best_split(x: np.ndarray, pos: np.ndarray) -> float:
         if pos.all() or not pos.any():
             raise ConfigError("fit_thresholds: every boundary needs cells on both sides")
-        cand = np.unique(np.quantile(x, np.linspace(0.01, 0.99, 197)))
+        q = np.unique(np.quantile(x, np.linspace(0.005, 0.995, 199)))
+        cand = (q[1:] + q[:-1]) / 2 if q.size > 1 else q  # between data values: a margin
         tpr = (x[pos][None, :] >= cand[:, None]).mean(1)
         tnr = (x[~pos][None, :] < cand[:, None]).mean(1)
         bal = (tpr + tnr) / 2

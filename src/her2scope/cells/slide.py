@@ -433,8 +433,10 @@ def _one(job: tuple[str, str | None, str, dict[str, Any], str | None, float | No
     except Her2ScopeError as exc:
         return exc
     except Exception as exc:  # a bug or a library failure: report it, go on with other slides
+        from her2scope.errors import describe_exception
+
         log.debug("%s", traceback.format_exc())
-        return Her2ScopeError(f"{type(exc).__name__}: {exc}")
+        return Her2ScopeError(describe_exception(exc))
 
 
 def run_cells(

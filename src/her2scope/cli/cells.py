@@ -93,10 +93,17 @@ def cells(
     A failing slide is reported at the end and the others go on (exit status 1). Research
     software, not a medical device. See docs/cells.md.
     """
+    from her2scope._lock import output_lock
     from her2scope.cells.slide import run_cells
+    from her2scope.cli._options import bound_workers, check_mpp
 
     cfg = build_config(settings, dab_scale, target_mpp)
-    report = run_cells(slides, out, rois=roi, cfg=cfg, tiles_dir=tiles, workers=workers, mpp=mpp)
+    check_mpp("--mpp", mpp)
+    workers = bound_workers("--workers", workers, len(slides)) or 1
+    with output_lock(out):
+        report = run_cells(
+            slides, out, rois=roi, cfg=cfg, tiles_dir=tiles, workers=workers, mpp=mpp
+        )
     s = report.summary
     ok = s[s["status"] == "ok"]
     for _, r in ok.iterrows():

@@ -1,0 +1,254 @@
+"""Cell-level membrane scoring: stain separation, nuclei, membranes, classes, the ASCO/CAP call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from her2scope.cells.classify import (
+    CALLS,
+    h_score,
+    intensity_class,
+    pattern_class,
+    slide_call,
+)
+from her2scope.cells.config import CellConfig
+from her2scope.cells.evaluate import balanced_accuracy, match_points
+from her2scope.cells.fit import fit_thresholds, quadratic_kappa
+from her2scope.cells.segment import analyse_region, stain_concentrations
+from her2scope.errors import ConfigError
+
+RJ = np.array([[0.650, 0.704, 0.286], [0.268, 0.570, 0.776]])
+RJ = RJ / np.linalg.norm(RJ, axis=1, keepdims=True)
+MPP = 0.5
+
+
+def render(h: np.ndarray, d: np.ndarray, white: float = 240.0) -> np.ndarray:
+    """Beer–Lambert RGB (base-10 OD) of H and DAB concentration maps with the textbook vectors."""
+    od = h[..., None] * RJ[0] + d[..., None] * RJ[1] + 0.03
+    return np.clip(white * 10.0 ** (-od) - 1.0, 0, 255).round().astype(np.uint8)
+
+
+def cell_field(
+    centres: list[tuple[int, int]],
+    ring_od: list[float],
+    arc: list[float],
+    size: int = 256,
+    nucleus_r_um: float = 3.5,
+    cell_r_um: float = 7.0,
+) -> np.ndarray:
+    """Round nuclei with a DAB membrane ring of OD ``ring_od[i]`` over ``arc[i]`` of the circle."""
+    h = np.full((size, size), 0.04, np.float32)
+    d = np.zeros((size, size), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for (cx, cy), od, a in zip(centres, ring_od, arc, strict=True):
+        r = np.hypot(xx - cx, yy - cy)
+        h[r < nucleus_r_um / MPP] = 0.55
+        ang = np.mod(np.arctan2(yy - cy, xx - cx), 2 * np.pi)
+        ring = (np.abs(r - cell_r_um / MPP) < 1.6) & (ang < a * 2 * np.pi)
+        d[ring] = np.maximum(d[ring], od)
+    return render(h, d)
+
+
+def test_cells_do_not_import_torch() -> None:
+    code = (
+        "import sys, her2scope.cells, her2scope.cells.slide, her2scope.cells.fit, "
+        "her2scope.cells.evaluate, her2scope.cells.export; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_stain_concentrations_recover_known_od() -> None:
+    h = np.array([[0.0, 0.3, 0.0, 0.2]], np.float32)
+    d = np.array([[0.0, 0.0, 0.4, 0.3]], np.float32)
+    od = h[..., None] * RJ[0] + d[..., None] * RJ[1]
+    rgb = np.clip(240.0 * 10.0 ** (-od) - 1.0, 0, 255).round().astype(np.uint8)
+    hh, dd, valid = stain_concentrations(rgb, RJ)
+    assert valid[0, 1:].all() and not valid[0, 0]  # glass is not tissue
+    np.testing.assert_allclose(hh[0, 1:], h[0, 1:], atol=0.02)
+    np.testing.assert_allclose(dd[0, 1:], d[0, 1:], atol=0.02)
+
+
+def test_region_finds_each_cell_and_orders_membranes() -> None:
+    centres = [(40, 40), (120, 40), (200, 40), (40, 140), (120, 140), (200, 140)]
+    ods = [0.0, 0.12, 0.35, 0.9, 0.9, 0.35]
+    arcs = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
+    rc = analyse_region(cell_field(centres, ods, arcs), RJ, MPP, CellConfig())
+    assert rc.n == len(centres)
+    pi, tj = match_points(np.c_[rc.x, rc.y], np.array(centres), 3.0)
+    assert len(pi) == len(centres)
+    p90 = np.empty(len(centres))
+    comp = np.empty(len(centres))
+    p90[tj], comp[tj] = rc.membrane_od_p90[pi], rc.completeness[pi]
+    assert p90[0] < 0.02  # unstained
+    assert p90[0] < p90[1] < p90[2] < p90[3]
+    assert comp[3] >= 0.9 and 0.3 <= comp[4] <= 0.7  # full ring vs half ring
+    cfg = CellConfig()
+    pat = pattern_class(intensity_class(p90, cfg), comp, cfg)
+    assert pat[0] == 0 and pat[3] == 3 and pat[4] == 1  # strong but half: not complete
+    area = rc.nucleus_area_um2[pi]
+    np.testing.assert_allclose(area, np.pi * 3.5**2, rtol=0.25)
+
+
+def test_touching_nuclei_are_split() -> None:
+    h = np.full((128, 128), 0.04, np.float32)
+    yy, xx = np.mgrid[0:128, 0:128]
+    for cx in (54, 68):  # two 7 µm nuclei 7 µm apart: one blob
+        h[np.hypot(xx - cx, yy - 64) < 7.5] = 0.55
+    rgb = render(h, np.zeros_like(h))
+    rc = analyse_region(rgb, RJ, MPP, CellConfig())
+    assert rc.n == 2
+    assert sorted(np.round(rc.x / 14).astype(int).tolist()) == [4, 5]
+
+
+@pytest.mark.parametrize("kind", ["white", "black", "pen_green", "pen_blue", "saturated_dab"])
+def test_hostile_tiles_give_finite_results(kind: str) -> None:
+    size = 256
+    if kind == "white":
+        rgb = np.full((size, size, 3), 245, np.uint8)
+    elif kind == "black":
+        rgb = np.zeros((size, size, 3), np.uint8)
+    elif kind == "saturated_dab":
+        rgb = render(np.full((size, size), 0.1, np.float32), np.full((size, size), 4.0, np.float32))
+    else:
+        rgb = cell_field([(60, 60), (180, 180)], [0.3, 0.3], [1.0, 1.0], size)
+        colour = (20, 160, 60) if kind == "pen_green" else (30, 40, 170)
+        cv2.line(rgb, (0, 128), (255, 100), colour, 18)
+        cv2.circle(rgb, (128, 200), 30, colour, -1)
+    rc = analyse_region(rgb, RJ, MPP, CellConfig())
+    for name in ("x", "y", "membrane_od_mean", "membrane_od_p90", "completeness"):
+        assert np.isfinite(getattr(rc, name)).all(), name
+    if kind in ("white", "black", "saturated_dab"):
+        assert rc.n == 0
+    else:
+        # the pen strokes are neither nuclei nor membrane: at most the two real cells
+        assert rc.n <= 2
+    assert ((rc.completeness >= 0) & (rc.completeness <= 1)).all()
+
+
+@pytest.mark.parametrize(
+    ("counts", "call"),
+    [
+        ({3: 11, 0: 89}, "3+"),
+        ({3: 10, 2: 1, 0: 89}, "2+"),  # strong complete exactly 10 %: not 3+, but wm+ 11 %
+        ({2: 11, 0: 89}, "2+"),
+        ({2: 10, 1: 1, 0: 89}, "1+"),
+        ({1: 11, 0: 89}, "1+"),
+        ({1: 10, 0: 90}, "0-ultralow"),
+        ({1: 1, 0: 99}, "0-ultralow"),  # 1 % = the noise floor
+        ({0: 100}, "0-null"),
+    ],
+)
+def test_slide_call_rules(counts: dict[int, int], call: str) -> None:
+    p = np.concatenate([np.full(n, k) for k, n in counts.items()])
+    out = slide_call(p, CellConfig())
+    assert out["call"] == call
+    assert out["rule"] and out["n_cells"] == 100
+    assert sum(out["fractions"].values()) == pytest.approx(1.0)
+
+
+def test_slide_call_flags_borderline_and_empty() -> None:
+    cfg = CellConfig()
+    near = slide_call(np.r_[np.full(11, 3), np.zeros(89)], cfg)
+    far = slide_call(np.r_[np.full(60, 3), np.zeros(40)], cfg)
+    assert near["borderline"] and not far["borderline"]
+    assert near["margin"] == pytest.approx(0.01)
+    empty = slide_call(np.zeros(0), cfg)
+    assert empty["call"] is None and empty["fractions"] is None
+    assert h_score(np.zeros(0)) is None
+    assert h_score(np.array([0, 1, 2, 3])) == pytest.approx(150.0)
+    assert CALLS == ("0-null", "0-ultralow", "1+", "2+", "3+")
+
+
+def test_intensity_and_pattern_classes_at_thresholds() -> None:
+    cfg = CellConfig(od_faint=0.1, od_weak=0.2, od_strong=0.5, complete_min=0.8)
+    od = np.array([0.0, 0.0999, 0.1, 0.2, 0.5, 0.7, 0.7, 0.3])
+    comp = np.array([0, 0.2, 0.2, 0.9, 0.9, 0.79, 0.8, 0.5])
+    inten = intensity_class(od, cfg)
+    assert inten.tolist() == [0, 0, 1, 2, 3, 3, 3, 2]
+    assert pattern_class(inten, comp, cfg).tolist() == [0, 0, 1, 2, 3, 1, 3, 1]
+
+
+def test_dab_scale_and_config_checks() -> None:
+    with pytest.raises(ConfigError, match="must rise"):
+        CellConfig(od_faint=0.3, od_weak=0.2)
+    with pytest.raises(ConfigError, match="dab_scale"):
+        CellConfig(dab_scale=0)
+    rgb = cell_field([(64, 64)], [0.2], [1.0], 128)
+    a = analyse_region(rgb, RJ, MPP, CellConfig())
+    b = analyse_region(rgb, RJ, MPP, CellConfig(dab_scale=2.0))
+    np.testing.assert_allclose(b.membrane_od_p90, 2 * a.membrane_od_p90, rtol=1e-4)
+
+
+def test_match_points_is_one_to_one_and_closest_first() -> None:
+    pred = np.array([[0.0, 0.0], [1.0, 0.0], [50.0, 50.0]])
+    true = np.array([[0.9, 0.0], [10.0, 0.0]])
+    pi, tj = match_points(pred, true, 3.0)
+    assert list(zip(pi.tolist(), tj.tolist(), strict=True)) == [(1, 0)]
+    assert match_points(np.zeros((0, 2)), true, 3.0)[0].size == 0
+
+
+def test_quadratic_kappa_matches_sklearn() -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    t = [0, 1, 2, 3, 3, 2, 1, 0, 2]
+    p = [0, 2, 2, 3, 2, 2, 0, 0, 3]
+    assert quadratic_kappa(t, p, 4) == pytest.approx(
+        cohen_kappa_score(t, p, weights="quadratic", labels=[0, 1, 2, 3])
+    )
+    assert quadratic_kappa([1, 1], [1, 1], 4) is None
+
+
+def test_balanced_accuracy_says_which_classes() -> None:
+    bal, present = balanced_accuracy(np.array([0, 0, 2, 2]), np.array([0, 1, 2, 2]))
+    assert bal == pytest.approx(0.75) and present == [0, 2]
+
+
+def test_fit_thresholds_recovers_separable_bounds() -> None:
+    rng = np.random.default_rng(0)
+    cls = rng.integers(0, 4, 4000)
+    centre = np.array([0.02, 0.12, 0.35, 0.9])[cls]
+    od = centre * rng.uniform(0.9, 1.1, cls.size)
+    complete = rng.random(cls.size) < 0.5
+    comp = np.where(complete, rng.uniform(0.85, 1, cls.size), rng.uniform(0.2, 0.7, cls.size))
+    fit = fit_thresholds(od, comp, cls, complete)
+    assert 0.022 < fit["od_faint"] < 0.108
+    assert 0.132 < fit["od_weak"] < 0.315
+    assert 0.385 < fit["od_strong"] < 0.81
+    assert 0.7 < fit["complete_min"] <= 0.85
+
+
+def test_geojson_cells_are_qupath_cells() -> None:
+    from her2scope.cells.export import cells_frame, cells_geojson
+
+    arrays = {
+        k: np.array([10.0, 40.0], np.float32)
+        for k in (
+            "x",
+            "y",
+            "nucleus_area_um2",
+            "nucleus_h_od",
+            "membrane_od_mean",
+            "membrane_od_p90",
+            "completeness",
+        )
+    }
+    arrays["intensity_idx"] = np.array([0, 3])
+    arrays["pattern_idx"] = np.array([0, 3])
+    df = cells_frame(arrays)
+    square = np.array([[0, 0], [4, 0], [4, 4], [0, 4]], float)
+    fc = cells_geojson(df, [square, square + 30], [square / 2, square / 2 + 30])
+    json.dumps(fc, allow_nan=False)
+    f = fc["features"][1]
+    assert f["properties"]["objectType"] == "cell"
+    assert f["properties"]["classification"]["name"] == "strong_complete"
+    ring = f["nucleusGeometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 5
+    assert f["geometry"]["coordinates"][0][0] == [30.0, 30.0]
+    assert set(f["properties"]["measurements"]) >= {"membrane_od_p90", "completeness"}
