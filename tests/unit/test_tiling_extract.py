@@ -355,3 +355,26 @@ def test_tiling_and_training_read_a_manifest_with_one_path_rule(
     df = load_manifest(m, allow_absolute=True)
     assert str(entry.slide_path) == df.slide_path[0] == str(path.resolve())
     assert entry.extra == {"patient_id": "p1", "center": "A", "label": "2+"}
+
+
+def test_grayscale_images_are_refused_with_one_message_by_every_reader(tmp_path: Path) -> None:
+    """PNG, JPEG, a strip TIFF (tifffile) and a tiled TIFF (which OpenSlide would open)."""
+    import cv2
+    import tifffile
+
+    from her2scope.slide.reader import GRAYSCALE_REASON
+
+    grey = np.full((600, 600), GLASS, np.uint8)
+    grey[:300, :300] = 120
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    cv2.imwrite(str(tmp_path / "g.jpg"), grey)
+    tifffile.imwrite(tmp_path / "strip.tif", grey, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "tiled.tif", grey, photometric="minisblack", tile=(256, 256))
+    for name in ("g.png", "g.jpg", "strip.tif", "tiled.tif"):
+        with pytest.raises(SlideError) as info:
+            tile_slide(tmp_path / name, "g", TilingConfig(tile_px=T), mpp=0.5)
+        assert info.value.reason == GRAYSCALE_REASON, name
+    rgb = np.repeat(grey[..., None], 3, axis=2)  # grey-looking but RGB: read as usual
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
+    df, _ = tile_slide(tmp_path / "rgb.png", "rgb", TilingConfig(tile_px=T), mpp=0.5)
+    assert list(zip(df.x, df.y, strict=True)) == [(0, 0)]

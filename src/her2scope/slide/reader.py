@@ -422,7 +422,9 @@ class _ImageBackend:
 
             with Image.open(path) as im:
                 im.load()  # may raise DecompressionBombError: limits are kept on deliberately
-                if im.mode not in {"RGB", "RGBA", "L", "P", "LA"}:
+                if im.mode in {"L", "LA", "1"}:
+                    raise SlideError(path, GRAYSCALE_REASON)
+                if im.mode not in {"RGB", "RGBA", "P"}:
                     raise SlideError(path, f"image mode {im.mode} is not brightfield RGB")
                 im = im.convert("RGBA" if im.mode in {"RGBA", "LA", "P"} else "RGB")
                 arr = np.asarray(im)
@@ -506,6 +508,34 @@ def _float(v: Any) -> float | None:
     return f if math.isfinite(f) and f > 0 else None
 
 
+#: Why a grayscale image is refused: the same words from every reader (PNG/JPEG, TIFF, WSI).
+GRAYSCALE_REASON = (
+    "a grayscale (single-channel) image; HER2 IHC is scored from colour (brown DAB against blue "
+    "hematoxylin), which a grayscale image has lost: give the RGB scan of the slide"
+)
+
+
+def _refuse_grayscale_tiff(path: Path) -> None:
+    """Raise ``SlideError(GRAYSCALE_REASON)`` for an 8-bit single-channel TIFF, whatever reader
+    would open it (OpenSlide opens tiled grayscale TIFFs); silent when unsure."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            page = series.pages[0] if series.pages else tif.pages[0]
+            gray = (
+                series.dtype == np.uint8
+                and int(getattr(page, "samplesperpixel", 3)) in (1, 2)  # 2: grey + alpha
+                and int(getattr(page, "photometric", 2)) in (0, 1)  # min-is-white / -black
+                and set(series.axes) <= set("YXS")
+            )
+    except Exception:
+        return
+    if gray:
+        raise SlideError(path, GRAYSCALE_REASON)
+
+
 def _check_tiff_is_rgb(path: Path) -> None:
     """Refuse TIFFs that are not 8-bit brightfield RGB (fluorescence, multiplex, 16-bit)."""
     import tifffile
@@ -578,6 +608,8 @@ def open_slide(path: str | Path, mpp: float | None = None, reader: ReaderName = 
         path = dcms[0]
     if path.stat().st_size == 0:
         raise SlideError(path, "file is empty")
+    if _is_tiff(path):
+        _refuse_grayscale_tiff(path)
 
     backend: Any = None
     name = reader
