@@ -44,13 +44,13 @@ def make_splits(manifest_df: pd.DataFrame, cfg: CohortConfig) -> pd.DataFrame:
         out = _from_file(slides, cfg)
     else:
         patients = _patient_table(slides)
-        if cfg.split_mode == "external":
+        if cfg.split_mode in ("external", "leave_one_center_out"):  # LOCO: cohort/loco.py
             split_of = _external(patients, cfg)
         elif cfg.split_mode == "kfold":
             split_of = _kfold(patients, cfg)
         else:
             raise ConfigError(
-                f"cohort.split_mode '{cfg.split_mode}' is not one of external, kfold, file"
+                f"cohort.split_mode '{cfg.split_mode}' is not one of external, kfold, file, leave_one_center_out"
             )
         out = slides.assign(split=slides["patient_id"].map(split_of))
     out = out[list(SPLIT_COLUMNS)].sort_values(["split", "patient_id", "slide_id"], kind="stable")

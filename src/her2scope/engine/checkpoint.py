@@ -211,7 +211,11 @@ def load_run_model(
     ckpt = load_checkpoint(path)
     meta = meta_from_checkpoint(ckpt, run_dir, str(path))
     model = create_model(
-        meta.model_name, len(meta.classes), pretrained=False, input_px=meta.input_px
+        meta.model_name,
+        len(meta.classes),
+        pretrained=False,
+        input_px=meta.input_px,
+        objective=meta.config.train.objective,
     )
     try:
         model.load_state_dict(ckpt["model_state"])

@@ -31,6 +31,10 @@ class TrainConfig:
     objective: Literal["softmax", "ordinal"] = "softmax"
     assay_dab_range: tuple[float, ...] = ()  # per-tile DAB factor (lo, hi), log-uniform; () off
     zoom_range: tuple[float, ...] = ()  # per-tile zoom (lo, hi), log-uniform; () off
+    # issue 11 (docs/generalisation.md): ordinal head; assay (DAB) and resolution augmentation
+    objective: Literal["softmax", "ordinal"] = "softmax"
+    assay_dab_range: tuple[float, ...] = ()  # per-tile DAB factor (lo, hi), log-uniform; () off
+    zoom_range: tuple[float, ...] = ()  # per-tile zoom (lo, hi), log-uniform; () off
 
     def problems(self) -> list[str]:
         """Every out-of-range setting as one line each (empty when all are fine).

@@ -130,6 +130,7 @@ def train_model(
         len(classes),
         pretrained=False if resume else tcfg.pretrained,
         input_px=tcfg.input_px,
+        objective=tcfg.objective,
     ).to(dev)
     channels_last = tcfg.channels_last and dev.type == "cuda"
     if channels_last:
@@ -363,7 +364,9 @@ def _make_augment(cfg: RunConfig) -> Any:
     except ImportError as exc:
         log.warning("stain augmentation unavailable (%s); using flips and rotations only", exc)
         return _flip_rot90
-    return default_train_augment()
+    return default_train_augment(
+        assay_dab_range=cfg.train.assay_dab_range, zoom_range=cfg.train.zoom_range
+    )
 
 
 def _flip_rot90(x: torch.Tensor) -> torch.Tensor:

@@ -106,11 +106,15 @@ def create_model(
     num_classes: int,
     pretrained: bool | str | Path = False,
     input_px: int | None = None,
+    objective: str = "softmax",
 ) -> nn.Module:
     """Build model ``name`` with a ``num_classes``-way head.
 
     ``input_px`` (square side the model will see) only matters for ``inception_v3``: below
-    :data:`INCEPTION_AUX_MIN_PX` its auxiliary head cannot run and is dropped. Raises
+    :data:`INCEPTION_AUX_MIN_PX` its auxiliary head cannot run and is dropped. ``objective``
+    ``"ordinal"`` replaces the main head with a cumulative-link head (one score, ordered
+    thresholds; :mod:`her2scope.models.ordinal`) whose outputs are log class probabilities, so
+    softmax, cross-entropy and everything downstream stay as for ``"softmax"``. Raises
     ``ConfigError`` for an unknown name or too small an input, ``WeightsError`` when asked-for
     weights cannot be found or do not fit.
     """
@@ -129,6 +133,12 @@ def create_model(
         model = _create_torchvision(name, num_classes, mode, input_px)
     if isinstance(mode, Path):
         _load_local_weights(model, name, mode)
+    if objective == "ordinal":
+        from her2scope.models.ordinal import make_ordinal
+
+        make_ordinal(model, _head_prefixes(model, name)[0].rstrip("."))
+    elif objective != "softmax":
+        raise ConfigError(f"train.objective must be softmax or ordinal, not '{objective}'")
     return model
 
 

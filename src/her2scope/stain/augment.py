@@ -7,10 +7,12 @@ passed in), so seeding torch makes a run repeatable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
+from her2scope.errors import ConfigError
 from her2scope.stain.macenko import RUIFROK_H_DAB
 
 
@@ -162,12 +164,116 @@ class Compose:
         return x
 
 
-def default_train_augment(generator: torch.Generator | None = None) -> Compose:
-    """Flips/rot90, stain jitter, then brightness/contrast."""
-    return Compose(
-        [
-            RandomFlipRot90(generator),
-            StainAugment(generator=generator),
-            BrightnessContrast(generator=generator),
-        ]
-    )
+def _log_uniform(
+    n: int, lo: float, hi: float, gen: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    return torch.exp(_uniform(n, math.log(lo), math.log(hi), gen, device))
+
+
+def _check_range(name: str, rng: Sequence[float]) -> tuple[float, float]:
+    vals = tuple(float(v) for v in rng)
+    if len(vals) != 2 or not (0 < vals[0] <= vals[1]) or not all(map(math.isfinite, vals)):
+        raise ConfigError(
+            f"train.{name} = {list(rng)}: give two positive factors lo <= hi, e.g. [0.3, 1.5], "
+            "or [] to turn it off"
+        )
+    return vals[0], vals[1]
+
+
+class AssayAugment:
+    """Assay-sensitivity augmentation in optical-density space, per image (issue 11).
+
+    Each image is unmixed on the stain-normalised basis (the reference H and DAB vectors of
+    :func:`her2scope.stain.macenko.default_reference`, plus their cross product), its DAB
+    concentration is multiplied by a factor drawn log-uniformly from ``dab_range`` (a weaker or
+    stronger assay: the same biology shows less or more DAB), its hematoxylin by ``U(1 ± h_scale)``
+    (counterstain strength), and the image is recomposed on the same vectors. Apply it after stain
+    normalisation. The map is a positive scale of each concentration, so within an image the
+    order of DAB between pixels is kept and a pixel without DAB gains none.
+    """
+
+    def __init__(
+        self,
+        dab_range: Sequence[float] = (0.3, 1.5),
+        h_scale: float = 0.15,
+        stain_matrix: Sequence[Sequence[float]] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.dab_lo, self.dab_hi = _check_range("assay_dab_range", dab_range)
+        if not 0 <= h_scale < 1:
+            raise ValueError(f"AssayAugment: h_scale must be in [0, 1), got {h_scale}")
+        if stain_matrix is None:
+            from her2scope.stain.macenko import default_reference
+
+            stain_matrix = default_reference().stain_matrix
+        m = torch.as_tensor(stain_matrix, dtype=torch.float32)
+        m = m / m.norm(dim=1, keepdim=True)
+        resid = torch.linalg.cross(m[0], m[1])
+        self.matrix = torch.cat([m, (resid / resid.norm())[None]])  # rows H, DAB, residual
+        self.h_scale, self.generator = h_scale, generator
+
+    def factors(self, n: int, device: torch.device) -> torch.Tensor:
+        """(n, 3) concentration factors (H, DAB, residual) for the next ``n`` images."""
+        gen = self.generator
+        h = _uniform(n, 1 - self.h_scale, 1 + self.h_scale, gen, device)
+        d = _log_uniform(n, self.dab_lo, self.dab_hi, gen, device)
+        return torch.stack([h, d, torch.ones(n, device=device)], 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x255, was_uint8 = _to_float255(x)
+        m = self.matrix.to(x.device)
+        od = -torch.log((x255 + 1.0) / 256.0)
+        conc = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m).T, od)
+        conc = conc * self.factors(x.shape[0], x.device)[:, :, None, None]
+        od_out = torch.einsum("ij,nihw->njhw", m, conc)
+        return _back(256.0 * torch.exp(-od_out) - 1.0, was_uint8, dtype)
+
+
+class RandomZoom:
+    """Resolution augmentation: per image, zoom by a factor drawn log-uniformly from
+    ``zoom_range`` about the centre (``> 1`` magnifies, as a finer scanner or larger cells would;
+    ``< 1`` shrinks, with reflected borders), keeping the tile size. Bilinear resampling."""
+
+    def __init__(
+        self, zoom_range: Sequence[float] = (0.8, 1.25), generator: torch.Generator | None = None
+    ) -> None:
+        self.lo, self.hi = _check_range("zoom_range", zoom_range)
+        self.generator = generator
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        dtype = x.dtype
+        x255, was_uint8 = _to_float255(x)
+        n = x.shape[0]
+        inv = 1.0 / _log_uniform(n, self.lo, self.hi, self.generator, x.device)
+        theta = torch.zeros(n, 2, 3, device=x.device)
+        theta[:, 0, 0] = inv
+        theta[:, 1, 1] = inv
+        grid = F.affine_grid(theta, list(x255.shape), align_corners=False)
+        out = F.grid_sample(
+            x255, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+        )
+        return _back(out, was_uint8, dtype)
+
+
+def default_train_augment(
+    generator: torch.Generator | None = None,
+    *,
+    assay_dab_range: Sequence[float] = (),
+    zoom_range: Sequence[float] = (),
+) -> Compose:
+    """Flips/rot90, [zoom], stain jitter, [assay DAB/H scaling], then brightness/contrast.
+
+    ``assay_dab_range`` / ``zoom_range`` (``train.assay_dab_range`` / ``train.zoom_range``) add
+    :class:`AssayAugment` / :class:`RandomZoom`; empty leaves them out.
+    """
+    steps: list[object] = [RandomFlipRot90(generator)]
+    if zoom_range:
+        steps.append(RandomZoom(zoom_range, generator))
+    steps.append(StainAugment(generator=generator))
+    if assay_dab_range:
+        steps.append(AssayAugment(assay_dab_range, generator=generator))
+    steps.append(BrightnessContrast(generator=generator))
+    return Compose(steps)
