@@ -165,8 +165,13 @@ def _resolve_roi(rois: str | Path | None, slide: Path, n_slides: int) -> Path | 
     return rois
 
 
-def _fit_normalizer(cfg: Any, tiles_df: pd.DataFrame, input_px: int) -> Any:
-    """A stain normaliser fitted on this slide's own tiles (as training did).
+def _fit_normalizer(
+    cfg: Any, tiles_df: pd.DataFrame, mpp: float | None = None
+) -> tuple[Any, list[np.ndarray]]:
+    """A stain normaliser fitted on this slide's own tiles (as training did), and those tiles.
+
+    The same tiles, at the same (tile) size, as ``her2scope stain fit`` would pick for this slide:
+    :func:`her2scope.stain.slides.sample_fit_tiles` and ``read_fit_tiles``.
 
     Fitted even when the run does not normalise (``stain.mode=none``, then in ``preserve_dab``
     mode): the QC gates read the fitted stain vectors.
@@ -176,15 +181,18 @@ def _fit_normalizer(cfg: Any, tiles_df: pd.DataFrame, input_px: int) -> Any:
         from her2scope.stain import StainNormalizer
     except ImportError as exc:  # pragma: no cover - depends on the stain stage being installed
         raise Her2ScopeError(f"stain normalisation '{cfg.stain.mode}' unavailable: {exc}") from None
-    from her2scope.data.dataset import TileDataset
+    from her2scope.stain.slides import read_fit_tiles, sample_fit_tiles
 
-    n = min(len(tiles_df), int(cfg.stain.fit_tiles))
-    pick = np.linspace(0, len(tiles_df) - 1, n).round().astype(int)
-    ds = TileDataset(tiles_df.iloc[pick].reset_index(drop=True), input_px)
-    images = [ds.read_rgb(i) for i in range(len(ds))]
+    rows = sample_fit_tiles(tiles_df, int(cfg.stain.fit_tiles)).to_dict("records")
+    images, _, errors = read_fit_tiles(rows, reader=cfg.tiling.reader, mpp=mpp)
+    if not images:
+        raise Her2ScopeError(
+            f"none of the {len(rows)} tiles sampled for the stain fit could be read "
+            f"({errors[0] if errors else 'no tiles'})"
+        )
     norm = StainNormalizer(mode=mode, reference=cfg.stain.reference)
     fitted = norm.fit(images)
-    return fitted if fitted is not None else norm
+    return (fitted if fitted is not None else norm), images
 
 
 def score_slides(
@@ -324,12 +332,12 @@ def _score_one(
             f"{sidecar.get('n_dropped_roi', 0)} outside the ROI); check the ROI file and the "
             "tiling settings of the run"
         )
-    fitted = _fit_normalizer(cfg, tiles, meta.input_px)
+    fitted, fit_images = _fit_normalizer(cfg, tiles, mpp)
     norm = fitted if cfg.stain.mode != "none" else None
     with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
         thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
         w0, _ = slide.dimensions
-    checks = run_checks(fitted, norm is not None, thumb, tiles, ctx.train_mpp, ctx.qc)
+    checks = run_checks(fitted, fit_images, norm is not None, thumb, tiles, ctx.train_mpp, ctx.qc)
     failed_checks = [c.check for c in checks if not c.passed]
     stain_fit = _stain_fit_record(fitted, norm is not None)
     provenance = _provenance(meta, cfg, ctx)

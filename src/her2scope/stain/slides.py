@@ -42,14 +42,34 @@ def tissue_fraction(rgb: np.ndarray, io: float = 240.0, beta: float = 0.15) -> f
     return float((rgb.reshape(-1, 3).max(axis=1) <= thr).mean())
 
 
-def _fit_one(slide_id: str, rows: list[dict[str, Any]], cfg: StainConfig) -> dict[str, Any]:
-    """Fit one slide; returns the sidecar ``stain`` object. Raises on unreadable slides."""
+def sample_fit_tiles(tiles: Any, n_tiles: int) -> Any:
+    """The rows of one slide's tile table that its stain fit uses: the one sampling rule.
+
+    Every tile when there are at most ``n_tiles``; else ``n_tiles`` drawn at random with seed 0
+    from the tiles in grid order (by ``y``, then ``x``), so the same table gives the same pick
+    whatever its row order. Training (:func:`fit_stains`) and scoring a new slide
+    (``her2scope predict``) both call this, then :func:`read_fit_tiles`.
+    """
+    ordered = tiles.sort_values(["y", "x"], kind="stable")
+    if len(ordered) <= n_tiles:
+        return ordered
+    return ordered.sample(n=n_tiles, random_state=0).sort_values(["y", "x"], kind="stable")
+
+
+def read_fit_tiles(
+    rows: list[dict[str, Any]], reader: str = "auto", mpp: float | None = None
+) -> tuple[list[np.ndarray], int, list[str]]:
+    """Pixels of the sampled tiles at tile size (``tile_px``, as stored in the tile table).
+
+    Returns ``(images, n_low_tissue, errors)``; an unreadable tile is skipped and its error kept.
+    ``reader`` and ``mpp`` are passed to ``open_slide`` (``mpp`` for files without one).
+    """
     from her2scope.slide.reader import open_slide
 
     tiles: list[np.ndarray] = []
-    n_low = n_err = 0
+    n_low = 0
     errors: list[str] = []
-    with open_slide(rows[0]["slide_path"]) as slide:
+    with open_slide(rows[0]["slide_path"], mpp=mpp, reader=reader) as slide:  # type: ignore[arg-type]
         for r in rows:
             try:
                 rgb = slide.read_tile(
@@ -59,12 +79,18 @@ def _fit_one(slide_id: str, rows: list[dict[str, Any]], cfg: StainConfig) -> dic
                     int(r["tile_px"]),
                 )
             except Her2ScopeError as exc:
-                n_err += 1
                 errors.append(str(exc))
                 continue
             if tissue_fraction(rgb) < LOW_TISSUE_FRAC:
                 n_low += 1
             tiles.append(rgb)
+    return tiles, n_low, errors
+
+
+def _fit_one(slide_id: str, rows: list[dict[str, Any]], cfg: StainConfig) -> dict[str, Any]:
+    """Fit one slide; returns the sidecar ``stain`` object. Raises on unreadable slides."""
+    tiles, n_low, errors = read_fit_tiles(rows)
+    n_err = len(errors)
     if not tiles:
         raise Her2ScopeError(
             f"slide '{slide_id}': none of {len(rows)} sampled tiles could be read ({errors[:1]})"
@@ -115,8 +141,7 @@ def fit_stains(tiles_dir: str | Path, cfg: StainConfig, workers: int = 1) -> dic
         raise ConfigError(f"'{tiles_dir / 'tiles.parquet'}' lacks columns {sorted(missing)}")
     jobs = []
     for slide_id, g in df.groupby("slide_id", sort=True):
-        sample = g if len(g) <= cfg.fit_tiles else g.sample(n=cfg.fit_tiles, random_state=0)
-        jobs.append((str(slide_id), sample.to_dict("records")))
+        jobs.append((str(slide_id), sample_fit_tiles(g, cfg.fit_tiles).to_dict("records")))
     result: dict[str, Any] = {"fitted": [], "passthrough": [], "failed": {}}
 
     def record(slide_id: str, rows: list[dict[str, Any]], outcome: Any) -> None:
