@@ -206,10 +206,14 @@ def create_exclusive(path: str | Path, text: str) -> bool:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        try:
+            os.chmod(tmp, 0o666 & ~_umask())
+        except FileNotFoundError:
+            return False
         try:
             os.link(tmp, path)
-        except FileExistsError:
+        except (FileExistsError, FileNotFoundError):
+            # exists; or our temporary file was cleaned up by the process holding the lock
             return False
         except OSError:  # no hard links here: exclusive create, then write
             try:

@@ -9,7 +9,8 @@ folder that *contains* it (two levels deep: ``out/`` vs ``out/runs/<model>/``) g
 A lock left by a killed run is **stale** when it was written on this host and its process is
 gone (or the pid now belongs to a process started later); it is then taken over with a notice on
 the ``her2scope`` logger. A lock from another host is never presumed stale: the message says to
-delete it by hand if that run is over. Nested takes within one process are re-entrant.
+delete it by hand if that run is over. Nested takes within one process are re-entrant; in a
+``torchrun`` job only rank 0 takes the lock (the other ranks are part of the same run).
 
 Holding the lock also makes it safe to delete the atomic writer's orphan temporary files in the
 folder (:func:`her2scope._io.clean_orphan_temps`), which :func:`output_lock` does on entry.
@@ -126,6 +127,14 @@ def _command_line() -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
+def _secondary_rank() -> bool:
+    """True in the processes of a ``torchrun`` job other than rank 0."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+    except ValueError:
+        return False
+
+
 @contextlib.contextmanager
 def output_lock(folder: str | Path, command: str | None = None) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if needed) for the duration of the ``with`` block.
@@ -137,6 +146,9 @@ def output_lock(folder: str | Path, command: str | None = None) -> Iterator[Path
     command line).
     """
     folder = ensure_writable(Path(folder).resolve())
+    if _secondary_rank():  # torchrun: rank 0 holds the lock for the whole job
+        yield folder
+        return
     if folder in _HELD:
         _HELD[folder] += 1
         try:

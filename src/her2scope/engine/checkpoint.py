@@ -5,11 +5,19 @@ A checkpoint is a plain dictionary of tensors and primitive containers (no pickl
 ``rng`` (python / numpy / torch / cuda states), ``config`` (the resolved ``RunConfig`` as a dict),
 ``classes``, ``model_name``, ``input_px``, ``tiles_dir``, ``train_state`` (early-stopping state)
 and ``model_hash`` (SHA-256 of the model tensors, checked on load so a corrupted file is caught).
+
+``identity`` ties a checkpoint to its run: ``model_name``, ``classes``, ``label_scheme``,
+``input_px`` and ``splits_hash`` (a hash of the run's ``splits.csv``: which patient was in which
+split). :func:`load_run_model` checks it against the run folder it is loaded from, so a
+checkpoint copied into another run is refused instead of being evaluated on patients it was
+trained on.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +114,39 @@ def _to_primitive(v: Any) -> Any:
     return v
 
 
+def splits_hash(path: str | Path) -> str | None:
+    """Hash of a ``splits.csv`` (sorted ``slide_id, patient_id, split`` rows); None if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = sorted(
+                (r.get("slide_id", ""), r.get("patient_id", ""), r.get("split", ""))
+                for r in csv.DictReader(fh)
+            )
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def run_identity(
+    model_name: str,
+    classes: tuple[str, ...] | list[str],
+    config: RunConfig,
+    input_px: int,
+    splits: str | None,
+) -> dict[str, Any]:
+    """The ``identity`` block of a checkpoint (see the module docstring)."""
+    return {
+        "model_name": model_name,
+        "classes": list(classes),
+        "label_scheme": str(config.cohort.label_scheme),
+        "input_px": int(input_px),
+        "splits_hash": splits,
+    }
+
+
 def save_checkpoint(
     path: str | Path,
     *,
@@ -121,7 +162,11 @@ def save_checkpoint(
     scaler: Any = None,
     train_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically to ``path`` and return it. ``epoch`` counts completed epochs."""
+    """Write a checkpoint atomically to ``path`` and return it. ``epoch`` counts completed epochs.
+
+    The run's identity is recorded with the splits of ``<path>/../../splits.csv`` (the run folder
+    of ``checkpoints/<name>.pt``) when that file exists.
+    """
     import torch
 
     from her2scope.config import to_dict
@@ -145,6 +190,9 @@ def save_checkpoint(
         "train_state": dict(train_state or {}),
     }
     path = Path(path)
+    ckpt["identity"] = run_identity(
+        model_name, classes, config, input_px, splits_hash(path.parent.parent / "splits.csv")
+    )
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     return path
@@ -160,12 +208,25 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise Her2ScopeError(f"checkpoint '{path}' not found")
+    import pickle
+
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise Her2ScopeError(
+                f"checkpoint '{path}' was refused as unsafe: it holds pickled Python objects, "
+                "which could run code when loaded. her2scope loads only plain tensors and "
+                "numbers; use a checkpoint written by `her2scope train`"
+            ) from None
         raise Her2ScopeError(
-            f"checkpoint '{path}' could not be read ({type(exc).__name__}: {exc}); "
-            "it may be truncated — retrain or use the other checkpoint (best.pt / last.pt)"
+            f"checkpoint '{path}' could not be read (not a valid checkpoint file); it may be "
+            "truncated — retrain or use the other checkpoint (best.pt / last.pt)"
+        ) from None
+    except Exception:
+        raise Her2ScopeError(
+            f"checkpoint '{path}' could not be read (truncated, or not a PyTorch file); "
+            "retrain or use the other checkpoint (best.pt / last.pt)"
         ) from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         raise Her2ScopeError(f"checkpoint '{path}' is not a her2scope checkpoint")
@@ -209,6 +270,7 @@ def load_run_model(
     run_dir = Path(run_dir)
     path = Path(which) if which.endswith(".pt") else run_dir / "checkpoints" / f"{which}.pt"
     ckpt = load_checkpoint(path)
+    check_identity(ckpt, run_dir, path)
     meta = meta_from_checkpoint(ckpt, run_dir, str(path))
     model = create_model(
         meta.model_name,
@@ -225,3 +287,49 @@ def load_run_model(
         ) from None
     model.to(device).eval()
     return model, meta
+
+
+def check_identity(ckpt: dict[str, Any], run_dir: str | Path, path: str | Path) -> None:
+    """Refuse a checkpoint that does not belong to ``run_dir``.
+
+    Compares the checkpoint's identity with the run folder's ``splits.csv`` (same patients in the
+    same splits) and ``config.yaml`` (classes of ``cohort.label_scheme``, ``train.input_px``;
+    the model itself may be any: one config trains several). Checks whose file is absent are skipped (a run
+    folder holding only checkpoints, for scoring); checkpoints written before identities were
+    recorded are checked against the config only. Raises ``Her2ScopeError`` listing every
+    mismatch.
+    """
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    ident = ckpt.get("identity") if isinstance(ckpt.get("identity"), dict) else {}
+    want_splits = splits_hash(run_dir / "splits.csv")
+    have_splits = ident.get("splits_hash")
+    if want_splits is not None and have_splits is not None and want_splits != have_splits:
+        problems.append(
+            "it was trained on other splits than this run's splits.csv (its test patients may "
+            "be the checkpoint's training patients)"
+        )
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        from her2scope.config import load_config
+        from her2scope.labels import get_scheme
+
+        cfg = load_config(cfg_path)
+        classes = list(ckpt.get("classes", []))
+        scheme = get_scheme(cfg.cohort.label_scheme)
+        if classes != list(scheme.classes):
+            problems.append(
+                f"its classes {classes} differ from this run's label scheme "
+                f"'{cfg.cohort.label_scheme}' {list(scheme.classes)}"
+            )
+        if int(ckpt.get("input_px", -1)) != int(cfg.train.input_px):
+            problems.append(
+                f"its input size {ckpt.get('input_px')} px differs from this run's "
+                f"train.input_px {cfg.train.input_px}"
+            )
+    if problems:
+        raise Her2ScopeError(
+            f"checkpoint '{path}' does not belong to the run '{run_dir}': "
+            + "; ".join(problems)
+            + ". Use the run folder the checkpoint was trained in; nothing was written"
+        )
