@@ -118,6 +118,10 @@ def slide_call(pattern_idx: np.ndarray, cfg: CellConfig) -> dict[str, Any]:
             "floor): HER2-0, null"
         )
         margin = floor - stained
+    # at the null/ultralow edge (the noise floor itself) half the floor is the tolerance
+    tol = cfg.borderline_margin
+    if call == "0-null" or (call == "0-ultralow" and stained - floor < t - stained):
+        tol = floor / 2
     fractions = {name: float(np.count_nonzero(p == i)) / n for i, name in enumerate(PATTERNS)}
     return {
         "call": call,
@@ -125,7 +129,7 @@ def slide_call(pattern_idx: np.ndarray, cfg: CellConfig) -> dict[str, Any]:
         "n_cells": n,
         "fractions": fractions,
         "margin": round(float(margin), 6),
-        "borderline": bool(margin < cfg.borderline_margin),
+        "borderline": bool(margin < tol),
     }
 
 

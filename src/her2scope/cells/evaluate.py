@@ -71,7 +71,6 @@ def evaluate_synthetic(
 
     cohort_dir, cells_dir = Path(cohort_dir), Path(cells_dir)
     info = json.loads((cohort_dir / "cohort.json").read_text(encoding="utf-8"))
-    mpp = float(info["mpp"])
     truth_call = {s["slide_id"]: s.get("asco_call", s["label"]) for s in info["slides"]}
     man = pd.read_csv(cohort_dir / "manifest.csv", dtype=str)
     per_centre: dict[str, dict[str, list[Any]]] = {}
@@ -86,7 +85,7 @@ def evaluate_synthetic(
         roi = load_rois(cohort_dir / row.roi_path)
         gt = gt[contains_xy(roi, gt["x"].to_numpy(), gt["y"].to_numpy())]
         pi, tj = match_points(
-            pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / mpp
+            pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / summ["mpp"][0]
         )
         c = per_centre.setdefault(
             row.center,
@@ -126,14 +125,54 @@ def evaluate_synthetic(
     return out
 
 
+def matched_truth(
+    cohort_dir: str | Path, cells_dir: str | Path, centers: list[str], max_dist_um: float = 4.0
+) -> dict[str, np.ndarray]:
+    """Matched cells of the slides of ``centers``: measured (``od`` unscaled p90, ``completeness``)
+    and true (``class``, ``complete``) values, for :func:`her2scope.cells.fit.fit_thresholds`."""
+    import pandas as pd
+
+    cohort_dir, cells_dir = Path(cohort_dir), Path(cells_dir)
+    man = pd.read_csv(cohort_dir / "manifest.csv", dtype=str)
+    parts: dict[str, list[np.ndarray]] = {"od": [], "completeness": [], "class": [], "complete": []}
+    for row in man[man["center"].isin(centers)].itertuples():
+        pq = cells_dir / f"{row.slide_id}.cells.parquet"
+        if not pq.is_file():
+            continue
+        summ = json.loads((cells_dir / f"{row.slide_id}.cells.json").read_text(encoding="utf-8"))
+        pred = pd.read_parquet(pq)
+        gt = pd.read_parquet(cohort_dir / "cells" / f"{row.slide_id}.parquet")
+        pi, tj = match_points(
+            pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / summ["mpp"][0]
+        )
+        scale = float(summ["config"]["dab_scale"])
+        parts["od"].append(pred["membrane_od_p90"].to_numpy()[pi] / scale)
+        parts["completeness"].append(pred["completeness"].to_numpy()[pi])
+        parts["class"].append(gt["membrane_class"].cat.codes.to_numpy()[tj])
+        parts["complete"].append(gt["complete"].to_numpy()[tj])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a measurement entry point
     import argparse
+
+    from her2scope.cells.fit import fit_thresholds
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("cohort_dir")
     ap.add_argument("cells_dir")
     ap.add_argument("--max-dist-um", type=float, default=4.0)
+    ap.add_argument(
+        "--fit-thresholds",
+        metavar="CENTRES",
+        help="instead: fit OD thresholds on the matched cells of these centres (e.g. A)",
+    )
     a = ap.parse_args(argv)
+    if a.fit_thresholds:
+        m = matched_truth(a.cohort_dir, a.cells_dir, a.fit_thresholds.split(","), a.max_dist_um)
+        fit = fit_thresholds(m["od"], m["completeness"], m["class"], m["complete"])
+        print(json.dumps({"n_cells": int(m["od"].size), **fit}, indent=1))
+        return
     print(json.dumps(evaluate_synthetic(a.cohort_dir, a.cells_dir, a.max_dist_um), indent=1))
 
 

@@ -172,9 +172,10 @@ def fit_thresholds(
 ) -> dict[str, float]:
     """OD thresholds and ``complete_min`` from cells with known classes (e.g. synthetic truth).
 
-    Each boundary (faint, weak, strong) is the OD that best separates the cells of classes at or
-    above it from those below it (maximal balanced accuracy of that split); ``complete_min`` the
-    completeness that best separates complete from incomplete stained membranes.
+    Each boundary (faint, weak, strong) is the OD that best separates the two classes it lies
+    between (maximal balanced accuracy of class k vs class k − 1, so the many unstained cells do
+    not pull the strong boundary down); ``complete_min`` the completeness that best separates
+    complete from incomplete stained membranes.
     """
 
     def best_split(x: np.ndarray, pos: np.ndarray) -> float:
@@ -190,11 +191,10 @@ def fit_thresholds(
 
     od = np.asarray(membrane_od, np.float64)
     cls = np.asarray(true_class)
-    out = {
-        "od_faint": best_split(od, cls >= 1),
-        "od_weak": best_split(od, cls >= 2),
-        "od_strong": best_split(od, cls >= 3),
-    }
+    out = {}
+    for k, name in ((1, "od_faint"), (2, "od_weak"), (3, "od_strong")):
+        pair = (cls == k) | (cls == k - 1)
+        out[name] = best_split(od[pair], cls[pair] == k)
     stained = cls >= 1
     out["complete_min"] = best_split(
         np.asarray(completeness, np.float64)[stained], np.asarray(true_complete)[stained]

@@ -1,0 +1,138 @@
+"""`her2scope cells` on small synthetic slides: outputs, formats, calls, failures, safety."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from her2scope.cells.config import CellConfig
+from her2scope.cells.export import CELL_COLUMNS
+from her2scope.cells.slide import output_paths, run_cells, score_slide_cells
+from her2scope.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from her2scope.synth import make_cohort
+
+    root = tmp_path_factory.mktemp("cells_cohort")
+    make_cohort(
+        root, n_patients=2, n_centers=1, seed=5, slide_px=1024, labels=("0", "3+"), cells=True
+    )
+    return root
+
+
+def _slides(cohort: Path) -> pd.DataFrame:
+    return pd.read_csv(cohort / "manifest.csv", dtype=str).set_index("label")
+
+
+def test_cells_outputs_and_calls(cohort: Path, tmp_path: Path) -> None:
+    man = _slides(cohort)
+    slides = [cohort / p for p in man["slide_path"]]
+    report = run_cells(slides, tmp_path, rois=cohort / "rois")
+    assert report.failures == []
+    info = {s["slide_id"]: s for s in json.loads((cohort / "cohort.json").read_text())["slides"]}
+    for label, row in man.iterrows():
+        outs = output_paths(tmp_path, row["slide_id"])
+        assert all(p.is_file() for p in outs.values())
+        cells = pd.read_parquet(outs["cells"])
+        assert list(cells.columns) == list(CELL_COLUMNS)
+        assert len(cells) > 100
+        assert np.isfinite(cells.select_dtypes("number").to_numpy()).all()
+        summary = json.loads(outs["summary"].read_text())  # strict JSON: no NaN
+        truth = info[row["slide_id"]]["asco_call"]
+        if label == "3+":
+            assert summary["call"] == "3+" == truth
+            assert summary["pattern_fraction"]["strong_complete"] > 0.1
+        else:
+            assert summary["call"] in ("0-null", "0-ultralow") and truth.startswith("0-")
+        assert summary["rule"] and summary["stain"]["source"] == "fitted"
+        # cells lie inside the ROI and the slide, level-0 px
+        from shapely import contains_xy
+
+        from her2scope.slide.rois import load_rois
+
+        roi = load_rois(cohort / row["roi_path"])
+        assert contains_xy(roi, cells["x"].to_numpy(), cells["y"].to_numpy()).all()
+        # detections match the ground-truth cells of the ROI
+        gt = pd.read_parquet(cohort / "cells" / f"{row['slide_id']}.parquet")
+        gt = gt[contains_xy(roi, gt["x"].to_numpy(), gt["y"].to_numpy())]
+        from her2scope.cells.evaluate import match_points
+
+        pi, _ = match_points(cells[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), 8.0)
+        assert len(pi) / len(gt) > 0.6 and len(pi) / len(cells) > 0.8
+        fc = json.loads(outs["geojson"].read_text())
+        assert len(fc["features"]) == len(cells)
+        f0 = fc["features"][0]
+        assert f0["properties"]["objectType"] == "cell"
+        from shapely.geometry import shape
+
+        nuc, cell = shape(f0["nucleusGeometry"]), shape(f0["geometry"])
+        assert nuc.is_valid and cell.is_valid and cell.buffer(1.0).contains(nuc)
+    s = pd.read_csv(report.summary_path)
+    assert (s["status"] == "ok").all() and len(s) == 2
+
+
+def test_region_size_does_not_change_the_cells(cohort: Path, tmp_path: Path) -> None:
+    slide = cohort / _slides(cohort).loc["3+", "slide_path"]
+    roi = cohort / _slides(cohort).loc["3+", "roi_path"]
+    a = score_slide_cells(slide, tmp_path / "a", roi, CellConfig(region_um=512.0))
+    b = score_slide_cells(slide, tmp_path / "b", roi, CellConfig(region_um=160.0))
+    # cells near region borders are found from a halo in both runs: counts agree closely
+    assert math.isclose(a["n_cells"], b["n_cells"], rel_tol=0.02)
+    assert a["call"] == b["call"]
+
+
+def test_outputs_never_replace_inputs(cohort: Path, tmp_path: Path) -> None:
+    row = _slides(cohort).loc["3+"]
+    # an ROI stored where an output would go must not be overwritten
+    roi = tmp_path / f"{row['slide_id']}.cells.geojson"
+    shutil.copy(cohort / row["roi_path"], roi)
+    before = roi.read_bytes()
+    with pytest.raises(ConfigError, match="would replace an input"):
+        score_slide_cells(cohort / row["slide_path"], tmp_path, roi)
+    assert roi.read_bytes() == before
+
+
+def test_cli_reports_failing_slides_and_goes_on(cohort: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from her2scope.cli import app
+
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a slide")
+    good = cohort / _slides(cohort).loc["3+", "slide_path"]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["cells", str(bad), str(good), "--out", str(out)])
+    assert res.exit_code == 1
+    assert "1 slide(s) failed" in res.output and "broken.svs" in res.output
+    assert (out / f"{good.stem}.cells.json").is_file()
+    summary = pd.read_csv(out / "cells_summary.csv")
+    assert sorted(summary["status"]) == ["failed", "ok"]
+
+
+def test_cli_rejects_unknown_setting(tmp_path: Path) -> None:
+    from her2scope.cli.cells import build_config
+
+    with pytest.raises(ConfigError, match="unknown cells setting 'od_huge'"):
+        build_config(["od_huge=1"], None, None)
+    cfg = build_config(["cells.od_strong=0.7", "n_sectors=12"], 1.5, None)
+    assert cfg.od_strong == 0.7 and cfg.n_sectors == 12 and cfg.dab_scale == 1.5
+
+
+def test_synth_zero_kinds_and_cell_truth(cohort: Path) -> None:
+    info = json.loads((cohort / "cohort.json").read_text())
+    calls = {s["label"]: s["asco_call"] for s in info["slides"]}
+    assert calls["3+"] == "3+" and calls["0"] in ("0-null", "0-ultralow")
+    from her2scope.synth import params as P
+
+    for s in info["slides"]:
+        gt = pd.read_parquet(cohort / "cells" / f"{s['slide_id']}.parquet")
+        idx = gt["membrane_class"].cat.codes.to_numpy()
+        assert P.asco_cap_call(idx, gt["completeness"].to_numpy()) == s["asco_call"]
