@@ -509,4 +509,9 @@ def _run_compare(run_dirs: list[Path], out_dir: Path) -> None:
 def _run_explain(run_dir: Path, cfg: RunConfig) -> None:
     from her2scope.explain.run import explain_run
 
-    explain_run(run_dir, split=cfg.evaluate.split, n=cfg.explain.n_tiles)
+    explain_run(
+        run_dir,
+        split=cfg.evaluate.split,
+        n=cfg.explain.n_tiles,
+        heatmap_max_px=cfg.explain.heatmap_max_px,
+    )

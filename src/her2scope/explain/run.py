@@ -96,10 +96,13 @@ def explain_run(
     out_dir: str | Path | None = None,
     device: str | None = None,
     batch_size: int = 32,
+    heatmap_max_px: int | None = None,
 ) -> Path:
     """Explain the run's best model on one slide (``slide``) or on all slides of ``split``.
 
-    ``n`` is the number of tiles per (class, correct/wrong) group in the gallery. Returns the
+    ``n`` is the number of tiles per (class, correct/wrong) group in the gallery.
+    ``heatmap_max_px`` is the longest side of the slide maps (default: the run's
+    ``explain.heatmap_max_px``; the pipeline passes the current config's value). Returns the
     output folder. Raises ``ConfigError`` when the slide or split has no tiles.
     """
     from her2scope.engine.checkpoint import load_run_model
@@ -170,9 +173,19 @@ def explain_run(
     )
 
     # stitched slide maps
+    max_px = int(heatmap_max_px or meta.config.explain.heatmap_max_px)
     for sid, part in sel.groupby("slide_id", sort=True):
         _slide_maps(
-            model, meta, part, probs[part.index.to_numpy()], norms, out, str(sid), batch_size, dev
+            model,
+            meta,
+            part,
+            probs[part.index.to_numpy()],
+            norms,
+            out,
+            str(sid),
+            batch_size,
+            dev,
+            max_px,
         )
     log.info("explanations written to %s", out)
     return out
@@ -188,6 +201,7 @@ def _slide_maps(
     sid: str,
     batch_size: int,
     device: Any,
+    max_px: int,
 ) -> Path:
     """Stitched CAM (for the slide's predicted class) beside the expected-score map, one PNG."""
     import matplotlib
@@ -205,7 +219,7 @@ def _slide_maps(
     _, cams = tile_cams(model, meta, part, np.full(len(part), target), norms, batch_size, device)
     row = part.iloc[0]
     with open_slide(row["slide_path"], mpp=float(row.get("mpp", 0.5) or 0.5)) as s:
-        thumb = s.thumbnail(meta.config.explain.heatmap_max_px)
+        thumb = s.thumbnail(max_px)
         w0 = s.dimensions[0]
         level_ds = np.asarray(s.level_downsamples, dtype=np.float64)
     ds = w0 / thumb.shape[1]
