@@ -121,6 +121,7 @@ def test_predict_outputs(tiny_scoring_run: Path, slides: dict[str, Path], tmp_pa
         tiny_scoring_run,
         out,
         rois=slides["S3"].parent / "rois",
+        force=True,  # flat toy colours fail the QC gates; this test is about the outputs
     )
     assert rep.ok, rep.failures
     s = rep.summary
@@ -195,6 +196,7 @@ def test_one_failing_slide_does_not_stop_the_others(
         str(tiny_scoring_run),
         "--out",
         str(out),
+        "--force",  # flat toy colours fail the QC gates
     ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1, res.output
@@ -238,3 +240,136 @@ def test_bad_roi_argument_is_a_clear_error(
         score_slides([slides["S3"], slides["S1"]], tiny_scoring_run, tmp_path, rois=roi)
     with pytest.raises(ConfigError, match="unique"):
         score_slides([slides["S3"], slides["S3"]], tiny_scoring_run, tmp_path)
+
+
+# ---- QC gates, calibration and provenance ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qc_slides(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic IHC crop, and the same tissue made wrong in one way each."""
+    from PIL import Image
+
+    from her2scope.slide.reader import open_slide
+    from her2scope.slide.write import write_pyramidal_tiff
+    from tests.unit.test_qc import EOSIN_OD, _render
+
+    d = tmp_path_factory.mktemp("qc_slides")
+    manifest = pd.read_csv(tiny_cohort)
+    src = tiny_cohort.parent / manifest.loc[0, "slide_path"]
+    with open_slide(src) as s:
+        w, h = s.dimensions
+        rgb = s.read_region(((w - 640) // 2, (h - 640) // 2), 0, (640, 640))
+    ycc = np.asarray(Image.fromarray(rgb).convert("YCbCr"))
+    he = _render(EOSIN_OD, seed=5, px=640)
+    return {
+        "ihc": write_pyramidal_tiff(d / "ihc.tif", rgb, mpp=0.5),
+        "coarse": write_pyramidal_tiff(d / "coarse.tif", rgb, mpp=1.0),
+        "ycbcr": write_pyramidal_tiff(d / "ycbcr.tif", ycc, mpp=0.5),
+        "he": write_pyramidal_tiff(d / "he.tif", he, mpp=0.5),
+        "small": write_pyramidal_tiff(d / "small.tif", rgb[:128, :128].copy(), mpp=0.5),
+    }
+
+
+def _doc(out: Path, sid: str) -> dict:
+    return json.loads((out / f"{sid}.her2scope.json").read_text())
+
+
+def test_qc_gates_refuse_what_the_model_was_not_trained_on(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
+) -> None:
+    from her2scope.scoring import score_slides
+
+    out = tmp_path / "pred"
+    order = ["ihc", "coarse", "ycbcr", "he", "small"]
+    rep = score_slides([qc_slides[k] for k in order], tiny_scoring_run, out)
+    s = rep.summary.set_index("slide_id")
+    assert rep.ok, rep.failures  # refusals are not errors
+    assert s.loc["ihc", "status"] == "ok" and bool(s.loc["ihc", "qc_passed"])
+    expected_failures = {
+        "coarse": {"resolution"},  # 1.0 µm/px slide, model trained on 0.5 µm/px tiles
+        "ycbcr": {"background_neutral"},
+        "small": {"tumour_tiles"},
+    }
+    for sid, checks in expected_failures.items():
+        assert s.loc[sid, "status"] == "qc_failed"
+        assert set(s.loc[sid, "qc_failed_checks"].split(";")) >= checks, s.loc[sid]
+        assert pd.isna(s.loc[sid, "score"])
+    he_failed = set(s.loc["he", "qc_failed_checks"].split(";"))
+    assert s.loc["he", "status"] == "qc_failed" and he_failed & {
+        "stain_third_stain",
+        "stain_dab_angle",
+        "stain_dab_vs_eosin_margin",
+    }
+    assert set(s.loc["coarse", "qc_failed_checks"].split(";")) == {"resolution"}
+
+    ok = _doc(out, "ihc")
+    assert ok["status"] == "ok" and ok["qc_passed"] is True and ok["qc_forced"] is False
+    assert [c["check"] for c in ok["qc"]] == [
+        "stain_hematoxylin_angle",
+        "stain_dab_angle",
+        "stain_dab_vs_eosin_margin",
+        "stain_third_stain",
+        "background_neutral",
+        "resolution",
+        "tumour_tiles",
+        "stain_fit",
+    ]
+    assert all(set(c) == {"check", "value", "threshold", "passed", "detail"} for c in ok["qc"])
+    assert ok["stain_fit"]["fitted"] is True and len(ok["stain_fit"]["stain_matrix"]) == 2
+    prov = ok["provenance"]
+    assert Path(prov["checkpoint"]).is_absolute() and Path(prov["checkpoint"]).is_file()
+    assert prov["train_tile_mpp"] == pytest.approx(0.5)
+    assert prov["calibration"]["temperature"] == 1.0  # this run has no calibration.json
+
+    bad = _doc(out, "coarse")
+    assert bad["status"] == "qc_failed" and bad["score"] is None
+    assert "probabilities" not in bad
+    res = next(c for c in bad["qc"] if c["check"] == "resolution")
+    assert res["passed"] is False and res["value"] == pytest.approx(1.0)
+    assert any("µm/px" in r for r in bad["qc_reasons"])
+    assert not (out / "coarse.her2scope-heatmap.png").exists()
+
+
+def test_force_scores_a_failed_slide_and_keeps_the_failed_checks(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
+) -> None:
+    from her2scope.scoring import score_slides
+
+    rep = score_slides([qc_slides["coarse"]], tiny_scoring_run, tmp_path, force=True)
+    row = rep.summary.iloc[0]
+    assert row["status"] == "ok" and row["score"] in CLASSES
+    assert not bool(row["qc_passed"]) and row["qc_failed_checks"] == "resolution"
+    doc = _doc(tmp_path, "coarse")
+    assert doc["qc_forced"] is True and doc["qc_passed"] is False
+    assert [c["check"] for c in doc["qc"] if not c["passed"]] == ["resolution"]
+
+
+def test_predict_uses_the_runs_calibration_and_reflex_policy(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from her2scope.scoring import score_slides
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_scoring_run, run)
+    plain = score_slides([qc_slides["ihc"]], run, tmp_path / "plain").summary.iloc[0]
+    cal = {
+        "temperature": 3.0,
+        "ece_before": 0.2,
+        "ece_after": 0.05,
+        "n_val_tiles": 10,
+        "level": "tile",
+        "policy": {"threshold": 0.0, "description": "test policy", "validation": {}},
+    }
+    (run / "calibration.json").write_text(json.dumps(cal))
+    hot = score_slides([qc_slides["ihc"]], run, tmp_path / "hot").summary.iloc[0]
+    # T = 3 flattens the probabilities: higher entropy, same arg-max
+    assert hot["uncertainty"] > plain["uncertainty"]
+    assert hot["score"] == plain["score"]
+    assert bool(hot["reflex_fish"])  # threshold 0: every non-certain call is flagged
+    doc = _doc(tmp_path / "hot", "ihc")
+    assert doc["calibration"]["temperature"] == 3.0
+    assert doc["reflex_policy"]["threshold"] == 0.0
+    assert "0.000" in doc["reflex_fish"]["reason"]

@@ -82,3 +82,117 @@ def test_shard_parsing_and_slide_ids() -> None:
             parse_shard(bad)
     assert slide_id_of("/x/P01_A.svs") == "P01_A"
     assert slide_id_of("P02.ome.tiff") == "P02"
+
+
+# ---- calibration and the reflex policy chosen on validation --------------------------------
+
+from her2scope.evaluate.calibration import (  # noqa: E402
+    Calibration,
+    apply_temperature,
+    choose_reflex_policy,
+    ece,
+    equivocal,
+    fit_temperature,
+    identity_calibration,
+    load_calibration,
+    reflex_decision,
+)
+
+CLASSES = ("1+", "2+", "3+")
+
+
+def _overconfident(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softened probabilities, reported sharpened (T_true = 2.5)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, size=(n, 3))
+    true_p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=p) for p in true_p])
+    sharp = np.exp(2.5 * z) / np.exp(2.5 * z).sum(1, keepdims=True)
+    return sharp, y
+
+
+def test_temperature_recovers_the_overconfidence_and_lowers_ece() -> None:
+    probs, y = _overconfident()
+    t = fit_temperature(probs, y)
+    assert t == pytest.approx(2.5, rel=0.2)
+    cal = apply_temperature(probs, t)
+    np.testing.assert_allclose(cal.sum(1), 1.0, atol=1e-12)
+    assert (cal.argmax(1) == probs.argmax(1)).all()  # temperature never changes a call
+    before, after = ece(y, probs, CLASSES), ece(y, cal, CLASSES)
+    assert after < 0.6 * before
+
+
+def test_temperature_one_is_the_identity() -> None:
+    probs, _ = _overconfident(20)
+    np.testing.assert_allclose(apply_temperature(probs, 1.0), probs, rtol=1e-9, atol=1e-12)
+
+
+def test_policy_flags_the_fewest_slides_that_catch_the_target_of_miscalls() -> None:
+    # 10 validation slides, all called 1+ or 3+ (no equivocal call); 2 mis-calls, the most
+    # uncertain ones sit at entropies 0.6 and 0.4, correct calls at 0.1 … 0.5
+    p_at = {  # slide probabilities with a chosen normalised entropy
+        u: _probs_with_entropy(u) for u in (0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6)
+    }
+    us = [0.05, 0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.1, 0.2]
+    probs = np.array([p_at[u] for u in us])
+    pred = np.zeros(10, int)  # all called 1+
+    y = np.zeros(10, int)
+    y[[4, 7]] = 2  # the slides at 0.4 and 0.6 are really 3+
+    pol = choose_reflex_policy(probs, y, pred, CLASSES, target_catch=0.95, max_flag_frac=0.8)
+    # catching both needs u > t for 0.4: t midway between 0.3 and 0.4
+    assert pol.threshold == pytest.approx(
+        slide_uncertainty(p_at[0.3]) / 2 + slide_uncertainty(p_at[0.4]) / 2
+    )
+    assert pol.validation["miscalls_caught"] == 1.0
+    assert pol.validation["fraction_flagged"] == pytest.approx(0.4)  # 0.4, 0.45, 0.5, 0.6
+    # a cap of 20 % flags only the two most uncertain and says so
+    capped = choose_reflex_policy(probs, y, pred, CLASSES, target_catch=0.95, max_flag_frac=0.2)
+    assert capped.validation["fraction_flagged"] == pytest.approx(0.2)
+    assert capped.validation["miscalls_caught"] == 0.5
+    assert "capped" in capped.validation["why"]
+
+
+def test_policy_without_miscalls_flags_only_equivocal_calls() -> None:
+    probs = np.array([_probs_with_entropy(0.3), _probs_with_entropy(0.5)])
+    pol = choose_reflex_policy(probs, np.array([0, 0]), np.array([0, 0]), CLASSES)
+    assert pol.threshold == 1.0 and pol.validation["fraction_flagged"] == 0.0
+
+
+def _probs_with_entropy(u: float) -> np.ndarray:
+    """A 3-class vector (a, b, b) whose normalised entropy is ``u`` (bisection)."""
+    lo, hi = 1 / 3, 1.0
+    for _ in range(80):
+        a = (lo + hi) / 2
+        p = np.array([a, (1 - a) / 2, (1 - a) / 2])
+        if slide_uncertainty(p) > u:
+            lo = a
+        else:
+            hi = a
+    return p
+
+
+def test_every_scheme_has_an_equivocal_rule() -> None:
+    assert equivocal({"1+": 0.2, "2+": 0.5, "3+": 0.3}, "2+", 0.25) is not None
+    assert equivocal({"0": 0.1, "1+": 0.2, "2+": 0.5, "3+": 0.2}, "2+", 0.25) is not None
+    low = {"0": 0.1, "low": 0.6, "positive": 0.3}
+    assert "2+" in str(equivocal(low, "low", 0.25))  # low next to positive: probably 2+
+    assert equivocal({"0": 0.3, "low": 0.65, "positive": 0.05}, "low", 0.25) is None
+    assert equivocal({"0": 0.05, "low": 0.15, "positive": 0.8}, "positive", 0.25) is None
+
+
+def test_reflex_decision_follows_the_stored_policy(tmp_path) -> None:
+    import json
+
+    cal = Calibration(
+        1.7, 0.2, 0.05, 100,
+        choose_reflex_policy(np.array([_probs_with_entropy(0.2)]), np.array([2]), np.array([0]), CLASSES),
+    )  # fmt: skip
+    (tmp_path / "calibration.json").write_text(json.dumps(cal.to_dict()))
+    back = load_calibration(tmp_path)
+    assert back.temperature == 1.7 and back.policy.threshold == cal.policy.threshold
+    p = dict(zip(CLASSES, _probs_with_entropy(0.5), strict=True))
+    assert reflex_decision(p, "1+", back.policy)["flag"] is (back.policy.threshold < 0.5)
+    assert reflex_decision({"1+": 0.1, "2+": 0.8, "3+": 0.1}, "2+", back.policy)["flag"] is True
+    # a run without calibration.json: T = 1 and the configured threshold
+    plain = load_calibration(tmp_path / "nothing", reflex_uncertainty=0.4)
+    assert plain == identity_calibration(0.4) and plain.temperature == 1.0

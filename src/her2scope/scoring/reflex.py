@@ -2,31 +2,19 @@
 
 ASCO/CAP practice sends IHC 2+ (equivocal) cases to in-situ hybridisation. her2scope adds a safety
 net for the model: a predicted 1+ or 3+ whose slide probabilities are uncertain is flagged too.
+``predict`` and the report use the run's policy chosen on validation
+(:func:`her2scope.evaluate.calibration.reflex_decision`); :func:`reflex_fish` is the fixed-threshold
+rule for runs without ``calibration.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-import numpy as np
+from her2scope.evaluate.calibration import slide_uncertainty
 
 #: The equivocal class that always goes to reflex FISH.
 EQUIVOCAL = "2+"
-
-
-def slide_uncertainty(probabilities: Sequence[float] | np.ndarray) -> float:
-    """Normalised Shannon entropy of the slide probabilities: 0 = certain, 1 = uniform.
-
-    Raises ``ValueError`` for fewer than two classes, negative values or a sum far from 1.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 1 or p.size < 2:
-        raise ValueError(f"need a 1-D vector of >= 2 class probabilities, got shape {p.shape}")
-    if not np.all(np.isfinite(p)) or np.any(p < 0) or abs(p.sum() - 1.0) > 1e-3:
-        raise ValueError(f"not a probability vector: {p.tolist()}")
-    p = p / p.sum()
-    nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum() / np.log(p.size))
 
 
 def reflex_fish(
