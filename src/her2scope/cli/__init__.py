@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from her2scope.cli import cells, evaluate, predict, run, stain, synth, tile, train
+from her2scope.cli import calibrate, cells, evaluate, predict, run, stain, synth, tile, train
 
 app = typer.Typer(
     name="her2scope",
@@ -32,7 +32,7 @@ def _root() -> None:
     """Score HER2 IHC on whole-slide images (see README.md for the quick start)."""
 
 
-for _module in (synth, tile, stain, train, evaluate, predict, cells, run):
+for _module in (synth, tile, stain, train, evaluate, predict, calibrate, cells, run):
     _module.register(app)
 
 

@@ -38,6 +38,11 @@ def predict(
         "--force",
         help="Score slides that fail a QC gate (the failed checks stay in the outputs).",
     ),
+    center: str = typer.Option(
+        None,
+        "--center",
+        help="Apply this centre's site calibration (her2scope calibrate RUN --center NAME).",
+    ),
 ) -> None:
     """Score slides with a trained run: HER2 score, probabilities, uncertainty, reflex-FISH flag.
 
@@ -71,6 +76,7 @@ def predict(
             device=device,
             batch_size=batch_size,
             force=force,
+            center=center,
         )
     s = report.summary
     n_ok = int((s["status"] == "ok").sum())

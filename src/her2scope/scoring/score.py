@@ -207,6 +207,7 @@ def score_slides(
     batch_size: int = 64,
     qc: QCConfig | None = None,
     force: bool = False,
+    center: str | None = None,
 ) -> ScoreReport:
     """Score ``slides`` with the best checkpoint of ``run_dir``; write results to ``out_dir``.
 
@@ -223,6 +224,7 @@ def score_slides(
 
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.engine.predict import resolve_device
+    from her2scope.scoring.site import apply_site
 
     paths = [Path(s) for s in slides]
     if not paths:
@@ -254,12 +256,14 @@ def score_slides(
     ensure_writable(out)
     dev = resolve_device(device)
     model, meta = load_run_model(run_dir, "best", device=dev)
+    model, site = apply_site(model, meta, run_dir, center)  # --center: RUN/site_calibration.json
     ctx = _RunContext(
         calibration=load_calibration(run_dir, meta.config.evaluate.reflex_uncertainty),
         train_mpp=training_mpp(run_dir, meta),
         qc=qc or QCConfig(),
         force=force,
         weights=load_run_provenance(run_dir).get("weights"),
+        site=site,
     )
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
@@ -415,6 +419,7 @@ def _score_one(
             "description": ctx.calibration.policy.description,
         },
         "calibration": {"temperature": ctx.calibration.temperature, "level": ctx.calibration.level},
+        "site_calibration": ctx.site,
         "status": "ok",
         "qc_passed": not failed_checks,
         "qc_forced": bool(failed_checks),
@@ -448,6 +453,7 @@ class _RunContext:
     qc: QCConfig
     force: bool
     weights: dict[str, Any] | None
+    site: dict[str, Any] | None = None  # site calibration of --center (scoring/site.py)
 
 
 def training_mpp(run_dir: str | Path, meta: Any) -> float | None:

@@ -202,14 +202,7 @@ class AssayAugment:
         self.dab_lo, self.dab_hi = _check_range("assay_dab_range", dab_range)
         if not 0 <= h_scale < 1:
             raise ValueError(f"AssayAugment: h_scale must be in [0, 1), got {h_scale}")
-        if stain_matrix is None:
-            from her2scope.stain.macenko import default_reference
-
-            stain_matrix = default_reference().stain_matrix
-        m = torch.as_tensor(stain_matrix, dtype=torch.float32)
-        m = m / m.norm(dim=1, keepdim=True)
-        resid = torch.linalg.cross(m[0], m[1])
-        self.matrix = torch.cat([m, (resid / resid.norm())[None]])  # rows H, DAB, residual
+        self.matrix = stain_basis(stain_matrix)  # rows H, DAB, residual
         self.h_scale, self.generator = h_scale, generator
 
     def factors(self, n: int, device: torch.device) -> torch.Tensor:
@@ -220,14 +213,40 @@ class AssayAugment:
         return torch.stack([h, d, torch.ones(n, device=device)], 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x255, was_uint8 = _to_float255(x)
-        m = self.matrix.to(x.device)
-        od = -torch.log((x255 + 1.0) / 256.0)
-        conc = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m).T, od)
-        conc = conc * self.factors(x.shape[0], x.device)[:, :, None, None]
-        od_out = torch.einsum("ij,nihw->njhw", m, conc)
-        return _back(256.0 * torch.exp(-od_out) - 1.0, was_uint8, dtype)
+        return scale_concentrations(x, self.factors(x.shape[0], x.device), self.matrix)
+
+
+def stain_basis(stain_matrix: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
+    """(3, 3) rows H, DAB, residual (their cross product): unit OD vectors; default: the packaged
+    stain-normalisation reference."""
+    if stain_matrix is None:
+        from her2scope.stain.macenko import default_reference
+
+        stain_matrix = default_reference().stain_matrix
+    m = torch.as_tensor(stain_matrix, dtype=torch.float32)
+    m = m / m.norm(dim=1, keepdim=True)
+    resid = torch.linalg.cross(m[0], m[1])
+    return torch.cat([m, (resid / resid.norm())[None]])
+
+
+def scale_concentrations(
+    x: torch.Tensor, factors: torch.Tensor, basis: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Multiply each image's stain concentrations (H, DAB, residual on ``basis``, default
+    :func:`stain_basis`) by ``factors`` ((N, 3) or (3,)), in OD space; same dtype back.
+
+    Used with random factors by :class:`AssayAugment` and with a site's fixed DAB factor by
+    :mod:`her2scope.scoring.site`.
+    """
+    dtype = x.dtype
+    x255, was_uint8 = _to_float255(x)
+    m = (stain_basis() if basis is None else basis).to(x.device)
+    f = factors.to(device=x.device, dtype=torch.float32)
+    f = f.expand(x.shape[0], 3) if f.ndim == 1 else f
+    od = -torch.log((x255 + 1.0) / 256.0)
+    conc = torch.einsum("ij,njhw->nihw", torch.linalg.inv(m).T, od)
+    od_out = torch.einsum("ij,nihw->njhw", m, conc * f[:, :, None, None])
+    return _back(256.0 * torch.exp(-od_out) - 1.0, was_uint8, dtype)
 
 
 class RandomZoom:
