@@ -159,6 +159,10 @@ def test_slide_call_flags_borderline_and_empty() -> None:
     far = slide_call(np.r_[np.full(60, 3), np.zeros(40)], cfg)
     assert near["borderline"] and not far["borderline"]
     assert near["margin"] == pytest.approx(0.01)
+    null = slide_call(np.zeros(500, int), cfg)  # 0 % stained: a clear null, not borderline
+    assert null["call"] == "0-null" and not null["borderline"]
+    edge = slide_call(np.r_[np.ones(6, int), np.zeros(494, int)], cfg)  # 1.2 %: near the floor
+    assert edge["call"] == "0-ultralow" and edge["borderline"]
     empty = slide_call(np.zeros(0), cfg)
     assert empty["call"] is None and empty["fractions"] is None
     assert h_score(np.zeros(0)) is None

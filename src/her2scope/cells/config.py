@@ -29,7 +29,7 @@ class CellConfig:
     region_um: float = 1024.0  # side of one read region (bounded memory)
     halo_um: float = 24.0  # overlap read around a region so border cells are whole
     # nuclei (hematoxylin channel)
-    nucleus_h_od: float = 0.15  # lowest H OD threshold (base 10) of nucleus pixels (else Otsu)
+    nucleus_h_od: float = 0.08  # lowest H OD threshold (base 10) of nucleus pixels (else Otsu)
     nucleus_smooth_um: float = 0.6  # Gaussian σ before thresholding
     nucleus_min_area_um2: float = 12.0
     nucleus_max_area_um2: float = 200.0

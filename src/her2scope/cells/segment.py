@@ -35,6 +35,8 @@ SATURATED_LEVEL = 12
 WHITE_LEVEL = 220
 #: A pixel whose OD leaves the H–DAB plane by more than this angle is not H + DAB (pen ink, dirt).
 MAX_OFF_PLANE_DEG = 25.0
+#: A hematoxylin blob larger than this many maximal nuclei is not split into nuclei (ink, fold).
+MAX_CLUMP_NUCLEI = 8
 
 
 @dataclass
@@ -163,6 +165,13 @@ def find_nuclei(h_od: np.ndarray, valid: np.ndarray, mpp: float, cfg: CellConfig
         seeds_per_cc = np.bincount(pk_cc[1:], minlength=n_cc)
     labels = cc.copy()
     next_label = n_cc
+    # a long, thin or huge blob is no clump of nuclei (pen stroke, fold, ink): it is not split
+    cc_area, cc_elong = _shape_stats(cc, n_cc)
+    cc_area_um2 = cc_area * mpp * mpp
+    not_nuclei = (cc_area_um2 > MAX_CLUMP_NUCLEI * cfg.nucleus_max_area_um2) | (
+        (cc_area_um2 > cfg.nucleus_max_area_um2) & (cc_elong > 2 * cfg.nucleus_max_elongation)
+    )
+    seeds_per_cc[not_nuclei] = 0
     multi = np.flatnonzero(seeds_per_cc > 1)
     if multi.size:
         slices = ndi.find_objects(cc)
@@ -172,15 +181,22 @@ def find_nuclei(h_od: np.ndarray, valid: np.ndarray, mpp: float, cfg: CellConfig
                 continue
             sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
             own = cc[sl] == c
-            markers = np.where(own, pk[sl], 0).astype(np.int32)
-            ids = np.unique(markers[markers > 0])
-            remap = np.zeros(int(markers.max()) + 2, np.int32)
+            # each pixel of the blob joins its nearest seed (a distance-based split: no plateau
+            # artefacts, and the cut falls where two round nuclei touch)
+            seeds = np.where(own, pk[sl], 0)
+            ids = np.unique(seeds[seeds > 0])
+            _, near = cv2.distanceTransformWithLabels(
+                (seeds == 0).astype(np.uint8),
+                cv2.DIST_L2,
+                cv2.DIST_MASK_5,
+                labelType=cv2.DIST_LABEL_PIXEL,
+            )
+            sy, sx = np.nonzero(seeds)
+            to_seed = np.zeros(int(near.max()) + 1, np.int32)
+            remap = np.zeros(int(seeds.max()) + 1, np.int32)
             remap[ids] = np.arange(1, ids.size + 1)
-            markers = remap[markers]
-            markers[~own] = ids.size + 1  # background marker
-            d = dist[sl]
-            elev = (255 - np.clip(d / max(float(d.max()), 1e-6) * 254, 0, 254)).astype(np.uint8)
-            ws = ndi.watershed_ift(elev, markers)
+            to_seed[near[sy, sx]] = remap[seeds[sy, sx]]
+            ws = to_seed[near]
             sub = labels[sl]
             for k in range(1, ids.size + 1):
                 part = own & (ws == k)
@@ -192,8 +208,8 @@ def find_nuclei(h_od: np.ndarray, valid: np.ndarray, mpp: float, cfg: CellConfig
     return _filter_nuclei(labels, next_label, mpp, cfg)
 
 
-def _filter_nuclei(labels: np.ndarray, n_labels: int, mpp: float, cfg: CellConfig) -> np.ndarray:
-    """Drop nuclei outside the area and elongation limits; relabel 1…N in raster order."""
+def _shape_stats(labels: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area (px) and elongation (major / minor axis, from second moments) of labels 0…n−1."""
     ys, xs = np.nonzero(labels)
     lab = labels[ys, xs]
     area = np.bincount(lab, minlength=n_labels).astype(np.float64)
@@ -207,7 +223,12 @@ def _filter_nuclei(labels: np.ndarray, n_labels: int, mpp: float, cfg: CellConfi
     tr, det = cxx + cyy, cxx * cyy - cxy * cxy
     disc = np.sqrt(np.maximum(tr * tr / 4 - det, 0.0))
     l1, l2 = tr / 2 + disc, np.maximum(tr / 2 - disc, 1e-9)
-    elong = np.sqrt(l1 / l2)
+    return area, np.sqrt(l1 / l2)
+
+
+def _filter_nuclei(labels: np.ndarray, n_labels: int, mpp: float, cfg: CellConfig) -> np.ndarray:
+    """Drop nuclei outside the area and elongation limits; relabel 1…N in raster order."""
+    area, elong = _shape_stats(labels, n_labels)
     area_um2 = area * mpp * mpp
     ok = (
         (area_um2 >= cfg.nucleus_min_area_um2)
