@@ -59,6 +59,7 @@ def train(
     from her2scope.cli._options import check_device
     from her2scope.config import apply_overrides, load_config, validate_all
     from her2scope.engine.checkpoint import load_checkpoint
+    from her2scope.engine.loco import train_model_or_folds
     from her2scope.engine.train import train_model
     from her2scope.errors import ConfigError
 
@@ -105,8 +106,8 @@ def train(
         for name in names:
             run_dir = runs_root / run_dir_name(name)
             try:
-                train_model(cfg, name, tiles_dir, run_dir, device=device)
-                typer.echo(f"{name}: {run_dir}")
+                for done in train_model_or_folds(cfg, name, tiles_dir, run_dir, device=device):
+                    typer.echo(f"{name}: {done}")
             except ConfigError:
                 raise
             except Exception as exc:  # one model failing does not stop the others

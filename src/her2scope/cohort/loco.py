@@ -20,6 +20,23 @@ from her2scope.errors import ConfigError, LeakageError
 LOCO_MODE = "leave_one_center_out"
 
 
+def loco_split_of(patients: pd.DataFrame, cfg: CohortConfig) -> dict[str, str]:
+    """``make_splits`` for ``leave_one_center_out``: with one ``test_centers`` entry, that fold (an
+    external split); with none, every fold is planned and checked and the first centre's returned
+    (what ``validate_all`` needs; the runner trains each fold with :func:`fold_config`)."""
+    from her2scope.cohort.splits import _external
+
+    if len(cfg.test_centers) > 1:
+        raise ConfigError(
+            f"cohort.split_mode=leave_one_center_out holds out one centre at a time; "
+            f"cohort.test_centers={list(cfg.test_centers)} names several (leave it empty)"
+        )
+    if cfg.test_centers:
+        return _external(patients, cfg)
+    folds = [_external(patients, fold_config(cfg, c)) for c in centres_of(patients)]
+    return folds[0]
+
+
 def centres_of(slides: pd.DataFrame) -> list[str]:
     """The cohort's centres, sorted; at least two are needed to hold one out."""
     if "center" not in slides:

@@ -44,8 +44,12 @@ def make_splits(manifest_df: pd.DataFrame, cfg: CohortConfig) -> pd.DataFrame:
         out = _from_file(slides, cfg)
     else:
         patients = _patient_table(slides)
-        if cfg.split_mode in ("external", "leave_one_center_out"):  # LOCO: cohort/loco.py
+        if cfg.split_mode == "external":
             split_of = _external(patients, cfg)
+        elif cfg.split_mode == "leave_one_center_out":
+            from her2scope.cohort.loco import loco_split_of
+
+            split_of = loco_split_of(patients, cfg)
         elif cfg.split_mode == "kfold":
             split_of = _kfold(patients, cfg)
         else:
