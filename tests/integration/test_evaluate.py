@@ -221,10 +221,18 @@ def test_evaluate_and_compare_cli_on_tiny_run(tiny_run: Path, tmp_path: Path) ->
         for lv in ("tile", "slide", "patient")
     )
     assert json.loads((run_b / "results.json").read_text())["aggregation"]["rule"] == "majority"
+    # probabilities and reflex flags use the temperature and policy chosen on validation
+    stored = json.loads((tiny_run / "calibration.json").read_text())
+    cal = results["calibration"]
+    assert cal["temperature"] == stored["temperature"]
+    assert cal["reflex"]["threshold"] == stored["policy"]["threshold"]
+    assert cal["reflex"]["n_slides"] == results["n"]["slides"]
+    assert 0.0 <= cal["reflex"]["fraction_flagged"] <= 1.0
+    assert cal["this_split"]["ece_tile_after"] is not None
 
     res = runner.invoke(app, ["evaluate", str(run_a), "--split", "nope"])
     assert res.exit_code != 0
-    assert "split 'nope' has no slides" in str(res.exception)
+    assert "evaluate.split = 'nope': choose one of train, val, test" in str(res.exception)
 
     out = tmp_path / "cmp"
     res = runner.invoke(app, ["compare", str(run_a), str(run_b), "--out", str(out)])
@@ -246,3 +254,25 @@ def test_evaluate_cli_errors(tmp_path: Path) -> None:
     assert "nope" in str(res.exception) or "nope" in res.output
     res = runner.invoke(app, ["compare", str(tmp_path), "--out", str(tmp_path / "c")])
     assert "has not been evaluated" in str(res.exception)
+
+
+def test_calibration_summary_counts_flags_and_caught_miscalls() -> None:
+    from her2scope.evaluate.calibration import Calibration, ReflexPolicy
+    from her2scope.evaluate.run import calibration_summary
+
+    slides = pd.DataFrame(
+        {
+            "label": ["1+", "3+", "2+", "3+"],
+            "pred": ["1+", "1+", "2+", "3+"],
+            "prob_1+": [0.95, 0.5, 0.1, 0.02],
+            "prob_2+": [0.04, 0.3, 0.8, 0.03],
+            "prob_3+": [0.01, 0.2, 0.1, 0.95],
+        }
+    )
+    cal = Calibration(1.5, 0.3, 0.1, 40, ReflexPolicy(threshold=0.5, description="test"))
+    out = calibration_summary(cal, 0.25, 0.12, slides, ["1+", "2+", "3+"])
+    rf = out["reflex"]
+    # slide 2 (uncertain 1+, really 3+) and slide 3 (2+) are flagged; the only mis-call is caught
+    assert rf["fraction_flagged"] == 0.5 and rf["n_miscalls"] == 1 and rf["miscalls_caught"] == 1.0
+    assert out["this_split"] == {"ece_tile_before": 0.25, "ece_tile_after": 0.12}
+    assert out["validation"]["ece_tile_after"] == 0.1 and out["temperature"] == 1.5

@@ -59,11 +59,24 @@ def test_train_writes_the_run_dir(toy_tiles: Path, tmp_path: Path) -> None:
     cfg = toy_config(toy_tiles)
     run = train_model(cfg, MODEL, toy_tiles, tmp_path / "run")
     assert sorted(p.name for p in run.iterdir()) == [
+        "calibration.json",
         "checkpoints",
         "config.yaml",
         "metrics.jsonl",
+        "provenance.json",
         "splits.csv",
     ]
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["weights"] == {
+        "pretrained_loaded": False,
+        "source": "random init (train.pretrained=false)",
+        "sha256": None,
+    }
+    assert prov["train_tile_mpp"] == pytest.approx(0.5)
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal["n_val_tiles"] == 12 and 0.05 <= cal["temperature"] <= 20.0
+    assert 0.0 <= cal["policy"]["threshold"] <= 1.0
+    assert cal["policy"]["validation"]["n_slides"] == 3
     assert load_config(run / "config.yaml") == cfg
     splits = pd.read_csv(run / "splits.csv")
     assert list(splits.columns) == ["slide_id", "patient_id", "center", "label", "split"]

@@ -9,7 +9,10 @@ Reproducibility: every epoch reseeds torch/numpy/python from ``(seed, epoch, ran
 sample order from a generator seeded the same way, so a run resumed from ``last.pt`` repeats the
 epochs it missed exactly as an uninterrupted run would.
 
-Run directory: ``config.yaml``, ``splits.csv``, ``checkpoints/{best,last}.pt``, ``metrics.jsonl``.
+Run directory: ``config.yaml``, ``splits.csv``, ``checkpoints/{best,last}.pt``, ``metrics.jsonl``,
+``provenance.json`` (weights actually loaded, training tile µm/px; :mod:`her2scope.engine.runinfo`)
+and ``calibration.json`` (temperature and reflex policy fitted on validation after training;
+:mod:`her2scope.evaluate.calibration`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from her2scope._io import write_text
+from her2scope._io import write_json, write_text
 from her2scope._progress import track
 from her2scope.config import RunConfig, dump_config
+from her2scope.engine.runinfo import PROVENANCE_FILE
 from her2scope.errors import ConfigError, Her2ScopeError, ManifestError
 from her2scope.labels import get_scheme
 
@@ -125,13 +129,23 @@ def train_model(
 
     # ---- model, optimiser, schedule -------------------------------------------------------
     dev = dist.device
-    model = create_model(
-        model_name,
-        len(classes),
-        pretrained=False if resume else tcfg.pretrained,
-        input_px=tcfg.input_px,
-        objective=tcfg.objective,
-    ).to(dev)
+    with _WeightsNotice() as notice:
+        model = create_model(
+            model_name,
+            len(classes),
+            pretrained=False if resume else tcfg.pretrained,
+            input_px=tcfg.input_px,
+            objective=tcfg.objective,
+        ).to(dev)
+    if dist.is_main and not (resume and (run_dir / PROVENANCE_FILE).is_file()):
+        write_json(
+            run_dir / PROVENANCE_FILE,
+            {
+                "weights": weights_record(model_name, tcfg.pretrained, notice.fell_back),
+                "train_tile_mpp": _median_mpp(train_df),
+                "tiles_dir": str(tiles_dir.resolve()),
+            },
+        )
     channels_last = tcfg.channels_last and dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -262,8 +276,98 @@ def train_model(
         import shutil
 
         shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
+    if dist.is_main and not val_df.empty and (ckpt_dir / "best.pt").is_file():
+        _write_calibration(run_dir, val_df, normalizers, classes, cfg)
     barrier(dist)
     return run_dir
+
+
+def _write_calibration(
+    run_dir: Path, val_df: pd.DataFrame, normalizers: Any, classes: tuple[str, ...], cfg: RunConfig
+) -> None:
+    """Fit temperature and reflex policy on the validation tiles with ``best.pt``; write them."""
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.predict import predict_tiles
+    from her2scope.evaluate.calibration import CALIBRATION_FILE, fit_calibration
+
+    best, meta = load_run_model(run_dir, "best")
+    probs = predict_tiles(best, meta, val_df, normalizers, batch_size=cfg.train.batch_size)
+    tiles = pd.DataFrame(
+        {
+            "slide_id": val_df["slide_id"].astype(str),
+            "label": [classes[i] for i in val_df["label_idx"]],
+        }
+    )
+    cal = fit_calibration(
+        probs,
+        tiles,
+        classes,
+        cfg.evaluate.aggregate,
+        cfg.evaluate.percent_threshold,
+        n_bins=cfg.evaluate.ece_bins,
+    )
+    write_json(run_dir / CALIBRATION_FILE, cal.to_dict())
+    log.info(
+        "calibration on %d validation tiles: T = %.3f, ECE %s -> %s; reflex threshold %.3f (%s)",
+        cal.n_val_tiles, cal.temperature, _fmt(cal.ece_before), _fmt(cal.ece_after),
+        cal.policy.threshold, cal.policy.validation.get("why", ""),
+    )  # fmt: skip
+
+
+class _WeightsNotice(logging.Handler):
+    """Catches the registry's "no pretrained weights … random initialisation" notice."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.fell_back = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "random initialisation" in record.getMessage():
+            self.fell_back = True
+
+    def __enter__(self) -> _WeightsNotice:
+        logging.getLogger("her2scope.models").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("her2scope.models").removeHandler(self)
+
+
+def weights_record(model_name: str, pretrained: Any, fell_back: bool) -> dict[str, Any]:
+    """What initialised the model: ``pretrained_loaded``, ``source``, ``sha256`` (or None).
+
+    ``fell_back``: ``pretrained="auto"`` found no weights and used random initialisation.
+    """
+    from her2scope.engine.runinfo import file_sha256
+    from her2scope.models.registry import _parse_pretrained
+
+    mode = _parse_pretrained(pretrained)
+    if mode is False:
+        return {"pretrained_loaded": False, "source": "random init (train.pretrained=false)",
+                "sha256": None}  # fmt: skip
+    if fell_back:
+        return {"pretrained_loaded": False, "sha256": None,
+                "source": "random init: pretrained=auto found no cached ImageNet weights"}  # fmt: skip
+    if isinstance(mode, Path):
+        path = mode.resolve()
+        return {"pretrained_loaded": True, "source": str(path), "sha256": file_sha256(path)}
+    if model_name.startswith("timm:"):
+        return {"pretrained_loaded": True, "sha256": None,
+                "source": f"timm pretrained weights for {model_name[5:]} (hub cache)"}  # fmt: skip
+    from her2scope.models.registry import torchvision_cache_file
+
+    cache = torchvision_cache_file(model_name)
+    return {
+        "pretrained_loaded": True,
+        "source": str(cache),
+        "sha256": file_sha256(cache) if cache.is_file() else None,
+    }
+
+
+def _median_mpp(tiles: pd.DataFrame) -> float | None:
+    if "mpp" not in tiles.columns or tiles.empty:
+        return None
+    return float(np.median(tiles["mpp"].to_numpy(np.float64)))
 
 
 # ---- helpers (each small and testable) ----------------------------------------------------

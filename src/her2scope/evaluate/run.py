@@ -3,7 +3,8 @@
 ``evaluate_run(run_dir)`` writes into the run directory:
 
 - ``predictions.parquet``: one row per tile, ``slide_id, patient_id, center, label, x, y,
-  prob_<class>...`` (classes in the label scheme's order);
+  prob_<class>...`` (classes in the label scheme's order; probabilities calibrated with the run's
+  temperature, ``calibration.json``, as ``predict`` reports them);
 - ``results.json`` (schema in docs/evaluation.md);
 - ``plots/{roc,confusion,reliability}_{tile,slide,patient}.png``.
 
@@ -25,6 +26,13 @@ import pandas as pd
 from her2scope.errors import ConfigError
 from her2scope.evaluate.aggregate import aggregate, argmax_high, prob_columns
 from her2scope.evaluate.bootstrap import bootstrap_metrics, patient_weights
+from her2scope.evaluate.calibration import (
+    Calibration,
+    apply_temperature,
+    ece,
+    load_calibration,
+    reflex_decision,
+)
 from her2scope.evaluate.config import EvaluateConfig
 from her2scope.evaluate.metrics import (
     SufficientStats,
@@ -202,6 +210,56 @@ def evaluate_predictions(
     }
 
 
+def calibration_summary(
+    cal: Calibration,
+    ece_raw: float,
+    ece_calibrated: float,
+    slides: pd.DataFrame,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    """The ``calibration`` object of results.json: temperature, ECE, the reflex policy on this split.
+
+    ``slides`` is the slide-level table (calibrated probabilities, ``label``, ``pred``). The reflex
+    flag is the run's stored policy (:func:`~her2scope.evaluate.calibration.reflex_decision`);
+    ``miscalls_caught`` is the share of mis-called slides that the flag sends to ISH.
+    """
+    flags = [
+        bool(reflex_decision({c: float(r[f"prob_{c}"]) for c in classes}, str(r["pred"]),
+                             cal.policy)["flag"])
+        for _, r in slides.iterrows()
+    ]  # fmt: skip
+    flagged = np.array(flags, dtype=bool)
+    wrong = (slides["pred"].astype(str) != slides["label"].astype(str)).to_numpy()
+    return {
+        "method": "temperature scaling fitted on the validation tiles"
+        if cal.level != "none"
+        else "none: the run has no calibration.json (T = 1)",
+        "temperature": cal.temperature,
+        "validation": {
+            "ece_tile_before": cal.ece_before,
+            "ece_tile_after": cal.ece_after,
+            "n_tiles": cal.n_val_tiles,
+        },
+        "this_split": {
+            "ece_tile_before": _finite(ece_raw),
+            "ece_tile_after": _finite(ece_calibrated),
+        },
+        "reflex": {
+            "policy": cal.policy.description,
+            "threshold": cal.policy.threshold,
+            "target_catch": cal.policy.target_catch,
+            "max_flag_frac": cal.policy.max_flag_frac,
+            "validation": cal.policy.validation,
+            "n_slides": len(slides),
+            "fraction_flagged": float(flagged.mean()) if len(flagged) else None,
+            "n_miscalls": int(wrong.sum()),
+            "miscalls_caught": float((flagged & wrong).sum() / wrong.sum())
+            if wrong.any()
+            else None,
+        },
+    }
+
+
 def _load_normalizers(tiles_dir: Path, stain_cfg: Any) -> dict[str, Any]:
     if getattr(stain_cfg, "mode", "none") == "none":
         return {}
@@ -277,7 +335,9 @@ def evaluate_run(
     tiles = _split_tiles(run_dir, tiles_dir, split, classes, meta.config.cohort.label_scheme)
     normalizers = _load_normalizers(tiles_dir, meta.config.stain)
     logger.info("predicting %d tiles of split '%s' with %s", len(tiles), split, meta.model_name)
-    probs = predict_tiles(model, meta, tiles, normalizers, batch_size=cfg.batch_size)
+    raw = predict_tiles(model, meta, tiles, normalizers, batch_size=cfg.batch_size)
+    cal = load_calibration(run_dir, meta.config.evaluate.reflex_uncertainty)
+    probs = apply_temperature(raw, cal.temperature)  # what predict reports for a new slide
 
     pred = tiles[[c for c in PREDICTION_COLUMNS if c in tiles.columns]].copy()
     for j, col in enumerate(prob_columns(classes)):
@@ -286,6 +346,11 @@ def evaluate_run(
 
     tables = level_tables(pred, classes, cfg)
     results = evaluate_predictions(pred, classes, cfg, tables=tables)
+    y_tile = tables["tile"]["label"].map(classes.index).to_numpy()
+    results["calibration"] = calibration_summary(
+        cal, ece(y_tile, raw, classes, cfg.ece_bins), ece(y_tile, probs, classes, cfg.ece_bins),
+        tables["slide"], classes,
+    )  # fmt: skip
     results = {
         "run": str(run_dir.resolve()),
         "model_name": meta.model_name,

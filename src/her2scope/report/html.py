@@ -411,6 +411,8 @@ def _results_section(out_dir: Path, cfg: RunConfig) -> str:
             )
         else:
             parts.append(_levels_table(res))
+            parts.append(_calibration_html(res.get("calibration")))
+            parts.append(_weights_html(run_dir))
             present = res.get("classes_present")
             if present is not None:
                 parts.append(
@@ -426,6 +428,54 @@ def _results_section(out_dir: Path, cfg: RunConfig) -> str:
         else:
             parts.append(_missing(f"ROC / confusion / calibration plots of {name}", "run evaluate"))
     return "".join(parts)
+
+
+def _calibration_html(cal: Any) -> str:
+    """ECE before/after temperature scaling and the reflex policy with its test-split outcome."""
+    if not isinstance(cal, dict):
+        return _missing(
+            "calibration and reflex policy (results.json 'calibration')", "re-run evaluate"
+        )
+    val = cal.get("validation") or {}
+    here = cal.get("this_split") or {}
+    rf = cal.get("reflex") or {}
+    rows = [
+        ["temperature T", _fmt(cal.get("temperature")), _e(cal.get("method", ""))],
+        ["ECE, validation tiles (before → after)",
+         f"{_fmt(val.get('ece_tile_before'))} → {_fmt(val.get('ece_tile_after'))}",
+         f"{val.get('n_tiles', 0)} tiles"],
+        ["ECE, evaluated tiles (before → after)",
+         f"{_fmt(here.get('ece_tile_before'))} → {_fmt(here.get('ece_tile_after'))}", ""],
+        ["reflex threshold (slide uncertainty)", _fmt(rf.get("threshold")),
+         _e(rf.get("policy", ""))],
+        ["slides flagged (this split)",
+         "—" if rf.get("fraction_flagged") is None else f"{rf['fraction_flagged']:.0%}",
+         f"of {rf.get('n_slides', 0)} slides"],
+        ["mis-calls caught by the flag (this split)",
+         "—" if rf.get("miscalls_caught") is None else f"{rf['miscalls_caught']:.0%}",
+         f"{rf.get('n_miscalls', 0)} mis-called slide(s)"],
+    ]  # fmt: skip
+    chosen = rf.get("validation") or {}
+    note = (
+        f"<p class='note'>Policy chosen on {chosen.get('n_slides', '?')} validation slides with "
+        f"{chosen.get('n_miscalls', '?')} mis-call(s): {_e(chosen.get('why', ''))}. Few validation "
+        "slides make this threshold uncertain.</p>"
+    )
+    return "<h4>Calibration and reflex policy</h4>" + _table(["", "value", "note"], rows) + note
+
+
+def _weights_html(run_dir: Path) -> str:
+    from her2scope.engine.runinfo import load_run_provenance
+
+    w = load_run_provenance(run_dir).get("weights")
+    if not isinstance(w, dict):
+        return _missing("initial weights (provenance.json)", "retrain with this version")
+    loaded = w.get("pretrained_loaded")
+    what = (
+        "pretrained weights loaded" if loaded else "random initialisation (no pretrained weights)"
+    )
+    sha = f" · sha256 {_e(str(w['sha256'])[:16])}…" if w.get("sha256") else ""
+    return f"<p class='note'>Initial weights: <b>{what}</b> — {_e(w.get('source', ''))}{sha}</p>"
 
 
 def _ordered_plots(folder: Path) -> list[Path]:
@@ -498,16 +548,21 @@ def _explain_section(out_dir: Path, cfg: RunConfig) -> str:
     return "".join(parts)
 
 
-def reflex_table(pred: Any, cfg: RunConfig) -> Any:
+def reflex_table(pred: Any, cfg: RunConfig, policy: Any = None) -> Any:
     """Slides of a tile predictions table with score, probabilities and the reflex-FISH flag.
 
     Tiles are aggregated per slide with the run's rule (``cfg.evaluate.aggregate``); the flag
-    follows :func:`her2scope.scoring.reflex.reflex_fish` with ``cfg.evaluate.reflex_uncertainty``.
+    follows :func:`her2scope.evaluate.calibration.reflex_decision` with ``policy`` (the run's
+    :class:`~her2scope.evaluate.calibration.ReflexPolicy`; None: the fixed threshold
+    ``cfg.evaluate.reflex_uncertainty``).
     """
     import pandas as pd
 
     from her2scope.evaluate.aggregate import aggregate
-    from her2scope.scoring.reflex import reflex_fish
+    from her2scope.evaluate.calibration import identity_calibration, reflex_decision
+
+    if policy is None:
+        policy = identity_calibration(cfg.evaluate.reflex_uncertainty).policy
 
     classes = [c[len("prob_") :] for c in pred.columns if c.startswith("prob_")]
     slides = aggregate(
@@ -520,7 +575,7 @@ def reflex_table(pred: Any, cfg: RunConfig) -> Any:
     rows = []
     for _, r in slides.iterrows():
         probs = {c: float(r[f"prob_{c}"]) for c in classes}
-        flag = reflex_fish(probs, str(r["pred"]), cfg.evaluate.reflex_uncertainty)
+        flag = reflex_decision(probs, str(r["pred"]), policy)
         rows.append(
             {
                 "slide_id": r["slide_id"],
@@ -543,16 +598,18 @@ def _reflex_html(out_dir: Path, cfg: RunConfig, models: list[tuple[str, Path]]) 
         pred_path = run_dir / "predictions.parquet"
         if not pred_path.is_file():
             continue
+        from her2scope.evaluate.calibration import load_calibration
+
         try:
-            table = reflex_table(pd.read_parquet(pred_path), cfg)
+            policy = load_calibration(run_dir, cfg.evaluate.reflex_uncertainty).policy
+            table = reflex_table(pd.read_parquet(pred_path), cfg, policy)
         except Exception as exc:
             log.debug("reflex list failed", exc_info=True)
             return _missing(f"reflex-FISH list ({type(exc).__name__}: {exc})", "")
         flagged = table[table["reflex_fish"]]
         head = (
             f"<p>Model <b>{_e(name)}</b>: {len(flagged)} of {len(table)} test slides "
-            f"flagged for reflex FISH (predicted 2+, or 1+/3+ with uncertainty above "
-            f"{cfg.evaluate.reflex_uncertainty:g}).</p>"
+            f"flagged for reflex FISH. Policy: {_e(policy.description)}.</p>"
         )
         probs = [c for c in table.columns if c.startswith("prob_")]
         rows = [
