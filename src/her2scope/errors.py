@@ -96,11 +96,14 @@ BUG_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
-def describe_exception(exc: BaseException) -> str:
-    """What to tell a user about ``exc``: our own message as it is; disk full / read-only in
-    words; a library's message (e.g. a GPU out of memory) without the Python type name; and for
-    a bug type (:data:`BUG_TYPES`) only that it is a bug — raw reasons such as "IndexError: index
-    4 is out of bounds" never reach the user (``HER2SCOPE_DEBUG=1`` shows the traceback)."""
+def reason_of(exc: BaseException, fallback: str) -> str:
+    """The user-facing reason of ``exc``, or ``fallback`` where its text is a raw Python reason.
+
+    Our own errors keep their message; disk full / read-only are said in words; a library's own
+    message (e.g. a decoder's "not a JPEG file") is kept without the exception's type name; a
+    bug type (:data:`BUG_TYPES`: "IndexError: list index out of range") gives ``fallback``,
+    which says what it means for the user (e.g. "the file is damaged").
+    """
     from her2scope._io import os_error_reason
 
     if isinstance(exc, Her2ScopeError):
@@ -113,5 +116,13 @@ def describe_exception(exc: BaseException) -> str:
             "out of memory; use smaller batches (--batch-size, train.batch_size) or fewer workers"
         )
     if isinstance(exc, BUG_TYPES) or not str(exc).strip():
-        return "unexpected internal error (a bug; HER2SCOPE_DEBUG=1 shows the details)"
+        return fallback
     return str(exc).strip().splitlines()[0][:500]
+
+
+def describe_exception(exc: BaseException) -> str:
+    """What to tell a user about ``exc``: our own message as it is; disk full / read-only in
+    words; a library's message (e.g. a GPU out of memory) without the Python type name; and for
+    a bug type (:data:`BUG_TYPES`) only that it is a bug — raw reasons such as "IndexError: index
+    4 is out of bounds" never reach the user (``HER2SCOPE_DEBUG=1`` shows the traceback)."""
+    return reason_of(exc, "unexpected internal error (a bug; HER2SCOPE_DEBUG=1 shows the details)")

@@ -278,7 +278,9 @@ def score_slides(
                 {"slide_id": sid, "slide_path": str(path), "status": "ok", **result, "error": ""}
             )
         except Exception as exc:  # one slide must not stop the cohort
-            msg = str(exc) if isinstance(exc, Her2ScopeError) else f"{type(exc).__name__}: {exc}"
+            from her2scope.errors import describe_exception
+
+            msg = describe_exception(exc)  # never a raw "IndexError: …"
             if not isinstance(exc, Her2ScopeError):
                 log.debug("slide %s failed:\n%s", path, traceback.format_exc())
             log.error("slide %s failed: %s", path, msg)

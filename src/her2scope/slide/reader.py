@@ -141,9 +141,11 @@ class Slide:
         except SlideError:
             raise
         except Exception as exc:  # a decode error deep inside a library
+            from her2scope.errors import reason_of
+
+            why = reason_of(exc, "the file is damaged there")
             raise SlideError(
-                self.path,
-                f"cannot read region at {level0_xy} level {level}: {type(exc).__name__}: {exc}",
+                self.path, f"cannot read region at {level0_xy} level {level}: {why}"
             ) from exc
         return composite_over_white(rgba)
 
@@ -552,7 +554,10 @@ def _check_tiff_is_rgb(path: Path) -> None:
     except SlideError:
         raise
     except Exception as exc:
-        raise SlideError(path, f"not a readable TIFF ({type(exc).__name__}: {exc})") from None
+        from her2scope.errors import reason_of
+
+        why = reason_of(exc, "damaged, truncated or not a TIFF")
+        raise SlideError(path, f"not a readable TIFF ({why})") from None
     # photometric: 2 = RGB, 6 = YCbCr; JPEG-compressed RGB may also report 6
     if dtype != np.uint8 or spp not in (3, 4) or photometric not in (2, 6) or "C" in axes:
         raise SlideError(

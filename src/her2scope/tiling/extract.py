@@ -600,8 +600,10 @@ def tile_entries(
             except Her2ScopeError as exc:
                 reason = str(exc)
             except Exception as exc:  # a bug or an unexpected library error: keep going
+                from her2scope.errors import describe_exception
+
                 log.debug("slide %s failed", e.slide_id, exc_info=True)
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = describe_exception(exc)
             else:
                 if sidecar["n_read_errors"] and sidecar["n_read_errors"] == (
                     sidecar["n_grid"] - sidecar["n_dropped_roi"]
