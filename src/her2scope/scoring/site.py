@@ -40,9 +40,7 @@ log = logging.getLogger(__name__)
 #: File in the run directory holding every calibrated centre.
 SITE_FILE = "site_calibration.json"
 #: Log grid of DAB factors searched by the supervised fit (0.2× … 5×).
-K_GRID: tuple[float, ...] = tuple(
-    float(v) for v in np.exp(np.linspace(math.log(0.2), math.log(5.0), 33))
-)
+K_GRID: tuple[float, ...] = tuple(math.exp(math.log(5.0) * i / 16) for i in range(-16, 17))
 #: Weight of the Gaussian prior on log k (per calibration slide): 0.5·(log k / PRIOR_SD)².
 PRIOR_SD = 1.0
 #: Tissue pixels: OD sum above this (glass excluded) for the DAB statistic.
