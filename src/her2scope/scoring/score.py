@@ -309,6 +309,54 @@ def score_slides(
     return ScoreReport(summary=summary, summary_path=summary_path, failures=failures)
 
 
+@dataclass
+class SlideQC:
+    """A slide tiled, its stains fitted and its QC gates measured, before any model runs."""
+
+    tiles: pd.DataFrame
+    sidecar: dict[str, Any]
+    fitted: Any  # StainNormalizer
+    thumbnail: np.ndarray
+    level0_width: int
+    checks: list[Any]  # list[QCCheck]
+
+
+def slide_qc(
+    path: str | Path,
+    slide_id: str,
+    cfg: Any,
+    train_mpp: float | None,
+    qc: QCConfig,
+    roi_path: Path | None = None,
+    mpp: float | None = None,
+    workers: int = 1,
+) -> SlideQC:
+    """Tile ``path`` with the run config ``cfg``, fit its stains, and run every QC gate.
+
+    ``train_mpp`` is the µm/px of the run's training tiles (:func:`training_mpp`). Raises
+    :class:`~her2scope.errors.Her2ScopeError` when no tile is kept at all.
+    """
+    from her2scope.slide.reader import open_slide
+    from her2scope.tiling import tile_slide
+
+    path = Path(path)
+    tiles, sidecar = tile_slide(
+        path, slide_id, cfg.tiling, roi_path=roi_path, mpp=mpp, workers=workers
+    )
+    if len(tiles) == 0:
+        raise Her2ScopeError(
+            f"slide '{path}': no tiles kept ({sidecar.get('n_dropped_white', 0)} mostly white, "
+            f"{sidecar.get('n_dropped_roi', 0)} outside the ROI); check the ROI file and the "
+            "tiling settings of the run"
+        )
+    fitted, fit_images = _fit_normalizer(cfg, tiles, mpp)
+    with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
+        thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
+        w0, _ = slide.dimensions
+    checks = run_checks(fitted, fit_images, cfg.stain.mode != "none", thumb, tiles, train_mpp, qc)
+    return SlideQC(tiles, sidecar, fitted, thumb, int(w0), checks)
+
+
 def _score_one(
     path: Path,
     sid: str,
@@ -325,25 +373,14 @@ def _score_one(
     from her2scope.engine.predict import predict_tiles
     from her2scope.report.qupath import write_qupath_geojson
     from her2scope.scoring.heatmap import draw_heatmap, tile_value_map
-    from her2scope.slide.reader import open_slide
     from her2scope.slide.rois import load_rois
-    from her2scope.tiling import tile_slide
 
     cfg = meta.config
     classes = tuple(meta.classes)
-    tiles, sidecar = tile_slide(path, sid, cfg.tiling, roi_path=roi_path, mpp=mpp, workers=workers)
-    if len(tiles) == 0:
-        raise Her2ScopeError(
-            f"slide '{path}': no tiles kept ({sidecar.get('n_dropped_white', 0)} mostly white, "
-            f"{sidecar.get('n_dropped_roi', 0)} outside the ROI); check the ROI file and the "
-            "tiling settings of the run"
-        )
-    fitted, fit_images = _fit_normalizer(cfg, tiles, mpp)
+    sq = slide_qc(path, sid, cfg, ctx.train_mpp, ctx.qc, roi_path, mpp, workers)
+    tiles, sidecar, fitted, thumb, checks = sq.tiles, sq.sidecar, sq.fitted, sq.thumbnail, sq.checks
+    w0 = sq.level0_width
     norm = fitted if cfg.stain.mode != "none" else None
-    with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
-        thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
-        w0, _ = slide.dimensions
-    checks = run_checks(fitted, fit_images, norm is not None, thumb, tiles, ctx.train_mpp, ctx.qc)
     failed_checks = [c.check for c in checks if not c.passed]
     stain_fit = _stain_fit_record(fitted, norm is not None)
     provenance = _provenance(meta, cfg, ctx)
