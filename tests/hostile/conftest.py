@@ -39,6 +39,8 @@ Helpers
     Context-manager form of ``snapshot``/``assert_unchanged``.
 ``writable_copy(src, dst)``
     Copy a session fixture (which must stay read-only) to ``dst`` before a test mutates it.
+``read_only(monkeypatch, folder)``
+    Make one folder behave as a read-only file system for her2scope's writers (``EROFS``).
 ``fail_writes(monkeypatch, err=errno.ENOSPC)``
     Make every atomic write of :mod:`her2scope._io` fail at commit time with ``OSError(err)``
     (``ENOSPC`` disk full, ``EROFS`` read-only file system, ``EACCES`` permission denied). The
@@ -287,6 +289,36 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, err: int = _errno.ENOSPC) -> No
         raise OSError(err, os.strerror(err), str(path))
 
     monkeypatch.setattr(_io, "_commit", _fail)
+
+
+def read_only(monkeypatch: pytest.MonkeyPatch, folder: str | Path) -> None:
+    """Make ``folder`` (and everything under it) behave as a read-only file system for the
+    writers of :mod:`her2scope._io`: creating a temporary file or committing one there raises
+    ``OSError(EROFS)``; elsewhere writes go on as usual."""
+    import tempfile
+    import types
+
+    import her2scope._io as _io
+
+    root = Path(folder).resolve()
+    real_mkstemp = tempfile.mkstemp
+    real_commit = _io._commit
+
+    def _inside(p: str | Path | None) -> bool:
+        return p is not None and Path(p).resolve().is_relative_to(root)
+
+    def mkstemp(*args: object, dir: str | Path | None = None, **kw: object) -> tuple[int, str]:
+        if _inside(dir):
+            raise OSError(_errno.EROFS, os.strerror(_errno.EROFS), str(dir))
+        return real_mkstemp(*args, dir=dir, **kw)  # type: ignore[call-overload]
+
+    def commit(tmp: Path, path: Path) -> None:
+        if _inside(path):
+            raise OSError(_errno.EROFS, os.strerror(_errno.EROFS), str(path))
+        real_commit(tmp, path)
+
+    monkeypatch.setattr(_io, "tempfile", types.SimpleNamespace(mkstemp=mkstemp))
+    monkeypatch.setattr(_io, "_commit", commit)
 
 
 @pytest.fixture(scope="session")
