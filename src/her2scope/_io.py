@@ -259,3 +259,27 @@ def refuse_replacing_inputs(
 def host_name() -> str:
     """This machine's name (for lock files and provenance)."""
     return socket.gethostname()
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None, fix: str = "") -> Any:
+    """Read an intermediate Parquet table (``tiles.parquet``, ``predictions.parquet``) or raise
+    :class:`~her2scope.errors.Her2ScopeError` naming the file and what to do when it is missing,
+    damaged, truncated or lacks ``columns`` (a tampered intermediate never gives a traceback).
+
+    ``fix`` says how to rebuild it (default: delete it and re-run the stage that wrote it).
+    """
+    import pandas as pd
+
+    from her2scope.errors import Her2ScopeError, reason_of
+
+    path = Path(path)
+    todo = fix or (
+        "delete it and re-run the stage that wrote it (e.g. `her2scope run CONFIG --force tile`)"
+    )
+    if not path.is_file():
+        raise Her2ScopeError(f"'{path}' not found; {todo}")
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError, … on a bad file
+        why = reason_of(exc, "damaged or truncated")
+        raise Her2ScopeError(f"'{path}' is not a readable Parquet table ({why}); {todo}") from None

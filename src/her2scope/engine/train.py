@@ -378,7 +378,9 @@ def _read_tiles(tiles_dir: Path, cfg: RunConfig, scheme: Any) -> pd.DataFrame:
     path = tiles_dir / "tiles.parquet"
     if not path.is_file():
         raise ConfigError(f"no tile table at '{path}'; run `her2scope tile` first")
-    tiles = pd.read_parquet(path)
+    from her2scope._io import read_parquet
+
+    tiles = read_parquet(path)  # a damaged table: a clear error naming it, not a traceback
     missing = [c for c in TILE_TABLE_COLUMNS if c not in tiles.columns]
     if missing:
         raise ConfigError(f"tile table '{path}' lacks column(s) {', '.join(missing)}")

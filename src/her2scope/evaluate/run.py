@@ -289,7 +289,9 @@ def _split_tiles(
         raise ConfigError(
             f"run '{run_dir}': split '{split}' has no slides in splits.csv (splits: {', '.join(known)})"
         )
-    tiles = pd.read_parquet(tiles_path)
+    from her2scope._io import read_parquet
+
+    tiles = read_parquet(tiles_path)  # a damaged table: a clear error naming it
     tiles["slide_id"] = tiles["slide_id"].astype(str)
     tiles = tiles[tiles["slide_id"].isin(set(chosen["slide_id"]))].reset_index(drop=True)
     if tiles.empty:

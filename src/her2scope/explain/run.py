@@ -68,12 +68,12 @@ def tile_cams(
 
 
 def _load_tiles(meta: RunMeta, run_dir: Path) -> tuple[pd.DataFrame, Path]:
-    import pandas as pd
+    from her2scope._io import read_parquet
 
     cand = [Path(meta.tiles_dir), run_dir / meta.tiles_dir]
     for d in cand:
         if (d / "tiles.parquet").is_file():
-            return pd.read_parquet(d / "tiles.parquet"), d
+            return read_parquet(d / "tiles.parquet"), d
     raise ConfigError(
         f"run '{run_dir}': its tiles table '{Path(meta.tiles_dir) / 'tiles.parquet'}' is missing; "
         "re-create it with `her2scope tile` into that folder"

@@ -27,12 +27,14 @@ LOW_TISSUE_FRAC = 0.05  # a sampled tile with fewer tissue pixels than this is c
 
 
 def _read_table(tiles_dir: Path) -> Any:
-    import pandas as pd
-
     path = tiles_dir / "tiles.parquet"
     if not path.is_file():
         raise ConfigError(f"'{path}' not found; run `her2scope tile` first")
-    return pd.read_parquet(path)
+    from her2scope._io import read_parquet
+
+    return read_parquet(
+        path, fix="delete it and re-run `her2scope tile` (or `her2scope run CONFIG --force tile`)"
+    )
 
 
 def tissue_fraction(rgb: np.ndarray, io: float = 240.0, beta: float = 0.15) -> float:
@@ -177,6 +179,31 @@ def fit_stains(tiles_dir: str | Path, cfg: StainConfig, workers: int = 1) -> dic
     return result
 
 
+def _sidecar_normalizer(
+    path: Path, stain: dict[str, Any], cfg: StainConfig, ref: Any
+) -> StainNormalizer:
+    """The normaliser stored in one sidecar, or a ``ConfigError`` naming the file (a damaged or
+    hand-edited sidecar: NaN or infinite numbers, wrong shapes)."""
+    import math
+
+    fix = (
+        f"delete the 'stain' entry of '{path}' (or the file) and re-run `her2scope stain fit` "
+        "(or `her2scope run CONFIG --force stain`)"
+    )
+
+    def _numbers(v: Any) -> list[Any]:
+        return [x for item in v for x in _numbers(item)] if isinstance(v, list) else [v]
+
+    for key in ("stain_matrix", "max_conc"):
+        vals = _numbers(stain.get(key)) if stain.get(key) is not None else []
+        if any(not isinstance(x, (int, float)) or not math.isfinite(x) for x in vals):
+            raise ConfigError(f"stain sidecar '{path}': '{key}' holds a non-finite value; {fix}")
+    try:
+        return StainNormalizer.from_dict(stain, mode=cfg.mode, reference=ref)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise ConfigError(f"stain sidecar '{path}': {exc}; {fix}") from None
+
+
 def load_normalizers(tiles_dir: str | Path, cfg: StainConfig) -> dict[str, StainNormalizer]:
     """slide_id → fitted normaliser for every slide in ``tiles.parquet``.
 
@@ -202,7 +229,7 @@ def load_normalizers(tiles_dir: str | Path, cfg: StainConfig) -> dict[str, Stain
         if not isinstance(side.get("stain"), dict):
             unfitted.append(sid)
             continue
-        out[sid] = StainNormalizer.from_dict(side["stain"], mode=cfg.mode, reference=ref)  # type: ignore[arg-type]
+        out[sid] = _sidecar_normalizer(path, side["stain"], cfg, ref)
     if unfitted:
         shown = ", ".join(unfitted[:5]) + (" …" if len(unfitted) > 5 else "")
         raise ConfigError(
