@@ -41,10 +41,10 @@ class CellConfig:
     n_sectors: int = 16  # angular sectors of the membrane for completeness
     complete_rel: float = 0.4  # a sector is stained at ≥ this fraction of the cell's membrane OD
     # classes (base-10 DAB OD)
-    od_faint: float = 0.05
+    od_faint: float = 0.047
     od_weak: float = 0.16
     od_strong: float = 0.41
-    complete_min: float = 0.72
+    complete_min: float = 0.63
     dab_scale: float = 1.0  # per-centre factor applied to measured DAB OD before classing
     # slide call (ASCO/CAP 2018 with the 2023 HER2-0 null / ultralow split)
     positive_fraction: float = 0.10  # "> 10 % of tumour cells"

@@ -3,6 +3,8 @@
 Run on a synthetic cohort written with ``her2scope synth --cells`` after ``her2scope cells``::
 
     python -m her2scope.cells.evaluate COHORT_DIR CELLS_DIR [--max-dist-um 4]
+    python -m her2scope.cells.evaluate COHORT_DIR CELLS_DIR --fit-thresholds A
+    python -m her2scope.cells.evaluate DEEPLIIF/Sample_Dataset - --deepliif
 
 prints and returns, per centre: nucleus detection precision / recall (inside the ROI), per-cell
 intensity-class balanced accuracy (matched cells), slide-call agreement with the labels (quadratic
@@ -125,6 +127,60 @@ def evaluate_synthetic(
     return out
 
 
+def evaluate_deepliif(
+    folder: str | Path, mpp: float = 0.25, max_dist_um: float = 4.0, cfg: Any = None
+) -> dict[str, Any]:
+    """Nucleus detection precision / recall on DeepLIIF's ``Sample_Dataset`` (real Ki67 IHC).
+
+    ``folder`` holds ``test/*.png`` (six 512-px panels side by side; the first is the IHC image)
+    and ``test_groundtruth/*.png`` (red: marker-positive cell, blue: negative, green: outline).
+    The images store no resolution: ``mpp`` is given (DeepLIIF's 40× scans, ≈ 0.25 µm/px).
+    Recall is also given separately for negative (hematoxylin) and positive (DAB-filled nuclei,
+    Ki67) cells: the detector reads hematoxylin only, as HER2 scoring needs, so DAB-filled nuclei
+    are expected to be missed.
+    """
+    import cv2
+
+    from her2scope.cells.config import CellConfig
+    from her2scope.cells.segment import analyse_region
+    from her2scope.cells.slide import load_stain_matrix
+
+    folder = Path(folder)
+    cfg = cfg or CellConfig(target_mpp=mpp)
+    tot = {"tp": 0, "n_pred": 0, "n_neg": 0, "n_pos": 0, "tp_neg": 0, "tp_pos": 0}
+    images = sorted((folder / "test").glob("*.png"))
+    for path in images:
+        rgb = np.ascontiguousarray(cv2.imread(str(path))[:, :512, ::-1])
+        gt = cv2.imread(str(folder / "test_groundtruth" / path.name))[..., ::-1]
+        matrix, _ = load_stain_matrix(None, [rgb])
+        rc = analyse_region(rgb, matrix, mpp, cfg)
+        xy, pos = [], []
+        for channel, is_pos in ((0, True), (2, False)):
+            mask = (gt[..., channel] > 128).astype(np.uint8)
+            _, _, stats, cen = cv2.connectedComponentsWithStats(mask, connectivity=4)
+            big = stats[1:, cv2.CC_STAT_AREA] >= 30  # specks of a label are not cells
+            xy.append(cen[1:][big])
+            pos.append(np.full(int(big.sum()), is_pos))
+        txy, tpos = np.concatenate(xy), np.concatenate(pos)
+        pi, tj = match_points(np.c_[rc.x, rc.y], txy, max_dist_um / mpp)
+        tot["tp"] += len(pi)
+        tot["n_pred"] += rc.n
+        tot["n_neg"] += int((~tpos).sum())
+        tot["n_pos"] += int(tpos.sum())
+        tot["tp_neg"] += int((~tpos[tj]).sum())
+        tot["tp_pos"] += int(tpos[tj].sum())
+    n_true = tot["n_neg"] + tot["n_pos"]
+    return {
+        "n_images": len(images),
+        "mpp": mpp,
+        **tot,
+        "precision": tot["tp"] / tot["n_pred"] if tot["n_pred"] else None,
+        "recall": tot["tp"] / n_true if n_true else None,
+        "recall_negative": tot["tp_neg"] / tot["n_neg"] if tot["n_neg"] else None,
+        "recall_positive": tot["tp_pos"] / tot["n_pos"] if tot["n_pos"] else None,
+    }
+
+
 def matched_truth(
     cohort_dir: str | Path, cells_dir: str | Path, centers: list[str], max_dist_um: float = 4.0
 ) -> dict[str, np.ndarray]:
@@ -167,7 +223,15 @@ def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a measure
         metavar="CENTRES",
         help="instead: fit OD thresholds on the matched cells of these centres (e.g. A)",
     )
+    ap.add_argument(
+        "--deepliif",
+        action="store_true",
+        help="instead: COHORT_DIR is DeepLIIF's Sample_Dataset; print nucleus precision/recall",
+    )
     a = ap.parse_args(argv)
+    if a.deepliif:
+        print(json.dumps(evaluate_deepliif(a.cohort_dir, max_dist_um=a.max_dist_um), indent=1))
+        return
     if a.fit_thresholds:
         m = matched_truth(a.cohort_dir, a.cells_dir, a.fit_thresholds.split(","), a.max_dist_um)
         fit = fit_thresholds(m["od"], m["completeness"], m["class"], m["complete"])

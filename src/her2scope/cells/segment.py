@@ -35,6 +35,10 @@ SATURATED_LEVEL = 12
 WHITE_LEVEL = 220
 #: A pixel whose OD leaves the H–DAB plane by more than this angle is not H + DAB (pen ink, dirt).
 MAX_OFF_PLANE_DEG = 25.0
+#: Red OD exceeding green OD by more than this (base 10) is green/cyan ink: hematoxylin and DAB
+#: absorb green at least as much as red (real nuclei stay below 0.17, green pen is 0.3–0.7);
+#: pale ink is caught by its ratio instead (red OD above twice green OD + 0.05).
+INK_RED_MINUS_GREEN_OD = 0.25
 #: A hematoxylin blob larger than this many maximal nuclei is not split into nuclei (ink, fold).
 MAX_CLUMP_NUCLEI = 8
 
@@ -82,8 +86,8 @@ def stain_concentrations(
 
     ``stain_matrix`` holds unit OD vectors, rows H and DAB (as :class:`StainNormalizer` fits).
     Element-wise float32 maths (no BLAS), so results do not depend on thread count or CPU kernels.
-    Invalid pixels (False): glass, saturated, or OD off the H–DAB plane (pen ink); their H and DAB
-    are 0.
+    Invalid pixels (False): glass, saturated, OD off the H–DAB plane, or green/cyan ink; their H
+    and DAB are 0.
     """
     m = np.asarray(stain_matrix, np.float64)
     inv = np.linalg.pinv(m.T)  # (2, 3): conc = inv @ od
@@ -100,6 +104,7 @@ def stain_concentrations(
     sin_max = f(math.sin(math.radians(MAX_OFF_PLANE_DEG)))
     darkest = rgb.min(axis=-1)
     valid = (off <= sin_max * norm + f(0.02)) & (darkest > SATURATED_LEVEL)
+    valid &= (r - g <= f(INK_RED_MINUS_GREEN_OD)) & (r <= f(2) * g + f(0.05))
     valid &= rgb.max(axis=-1) < WHITE_LEVEL
     np.maximum(h, 0, out=h)
     np.maximum(d, 0, out=d)
