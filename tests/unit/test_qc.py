@@ -17,7 +17,7 @@ from her2scope.scoring.qc import (
     reasons,
 )
 from her2scope.stain import StainNormalizer
-from her2scope.stain.qc import EOSIN_OD, angle_deg, background_chroma, off_plane_fraction
+from her2scope.stain.qc import EOSIN_OD, angle_deg, background_chroma, off_plane_share
 
 H_OD = np.array([0.65, 0.70, 0.29])
 DAB_OD = np.array([0.27, 0.57, 0.78])
@@ -33,7 +33,9 @@ def _render(second: np.ndarray, seed: int = 0, px: int = 192) -> np.ndarray:
         r = np.hypot(yy - cy, xx - cx)
         h += np.where(r < 5, rng.uniform(0.4, 0.9), 0.0)
         s2 += np.where((r > 8) & (r < 10), rng.uniform(0.3, 1.0), 0.0)
-    s2 += 0.15 * (h == 0) * (rng.random((px, px)) < 0.6)
+    # the second stain also fills the cytoplasm: faint for DAB, strong for eosin (as in H&E)
+    fill = 0.15 if second is DAB_OD else 2.0
+    s2 += fill * (h == 0) * (rng.random((px, px)) < 0.6)
     h[:, : px // 6] = 0.0  # a strip of glass
     s2[:, : px // 6] = 0.0
     od = h[..., None] * H_OD / np.linalg.norm(H_OD) + s2[..., None] * second / np.linalg.norm(
@@ -65,7 +67,7 @@ def test_angle_ignores_sign_and_length() -> None:
 def _stain_checks(img: np.ndarray, cfg: QCConfig) -> list:
     fit = _fit(img)
     checks = check_stain_identity(fit.stain_matrix, fit.reason, cfg)
-    off = None if fit.stain_matrix is None else off_plane_fraction([img], fit.stain_matrix)
+    off = None if fit.stain_matrix is None else off_plane_share([img], fit.stain_matrix)
     return [*checks, check_third_stain(off, cfg)]
 
 
@@ -74,12 +76,12 @@ def test_ihc_passes_and_h_and_e_is_refused() -> None:
     ok = _stain_checks(_render(DAB_OD), cfg)
     assert [c.passed for c in ok] == [True] * 4, reasons(ok)
     assert ok[1].value < 10.0  # the DAB of the render is the Ruifrok DAB
-    assert ok[3].value < cfg.max_off_plane_frac / 2
+    assert ok[3].value < cfg.max_off_plane_share / 2
     # the stain fit takes this H&E as hematoxylin-only (DAB from the reference): the angles pass,
     # the eosin left outside the H-DAB plane does not
     bad = _stain_checks(_render(EOSIN_OD), cfg)
     assert [c.check for c in bad if not c.passed] == ["stain_third_stain"]
-    assert bad[3].value > 1.2 * cfg.max_off_plane_frac
+    assert bad[3].value > 1.2 * cfg.max_off_plane_share
     assert "eosin" in reasons(bad)[0]
 
 

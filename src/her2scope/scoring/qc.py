@@ -29,7 +29,7 @@ class QCConfig:
     max_h_angle_deg: float = 25.0  # fitted hematoxylin within this of the reference hematoxylin
     max_dab_angle_deg: float = 25.0  # fitted second stain within this of the reference DAB
     min_eosin_margin_deg: float = 10.0  # second stain this much closer to DAB than to eosin
-    max_off_plane_frac: float = 0.08  # share of tissue OD the fitted H and DAB cannot explain
+    max_off_plane_share: float = 0.05  # share of tissue pixels > 15° outside the H-DAB plane
     max_background_chroma: float = (
         60.0  # glass colour: max(R,G,B) - min(R,G,B) of the brightest 5 %
     )
@@ -47,8 +47,8 @@ class QCConfig:
             problems.append(
                 f"min_eosin_margin_deg={self.min_eosin_margin_deg} must be in [-90, 90]"
             )
-        if not 0.0 < self.max_off_plane_frac <= 1.0:
-            problems.append(f"max_off_plane_frac={self.max_off_plane_frac} must be in (0, 1]")
+        if not 0.0 < self.max_off_plane_share <= 1.0:
+            problems.append(f"max_off_plane_share={self.max_off_plane_share} must be in (0, 1]")
         if not 0.0 < self.max_background_chroma <= 255.0:
             problems.append(
                 f"max_background_chroma={self.max_background_chroma} must be in (0, 255]"
@@ -135,17 +135,19 @@ def check_third_stain(off_plane: float | None, cfg: QCConfig) -> QCCheck:
     """Tissue colours must be mixes of the fitted H and DAB (no eosin or other third stain)."""
     if off_plane is None:
         return QCCheck(
-            "stain_third_stain", None, cfg.max_off_plane_frac, False,
+            "stain_third_stain", None, cfg.max_off_plane_share, False,
             "no stain fit or no tissue pixels: cannot tell which stains the slide carries",
         )  # fmt: skip
-    ok = off_plane <= cfg.max_off_plane_frac
+    from her2scope.stain.qc import OFF_PLANE_DEG
+
+    ok = off_plane <= cfg.max_off_plane_share
     detail = (
-        f"{off_plane:.1%} of the tissue optical density lies outside the plane of the fitted "
-        f"hematoxylin and DAB (limit {cfg.max_off_plane_frac:.0%})"
+        f"{off_plane:.1%} of tissue pixels are more than {OFF_PLANE_DEG:g}° away from any mix of "
+        f"the fitted hematoxylin and DAB (limit {cfg.max_off_plane_share:.0%})"
     )
     if not ok:
         detail += ": a third stain (eosin in an H&E slide?) is present; only H + DAB IHC is scored"
-    return QCCheck("stain_third_stain", off_plane, cfg.max_off_plane_frac, ok, detail)
+    return QCCheck("stain_third_stain", off_plane, cfg.max_off_plane_share, ok, detail)
 
 
 def check_background(thumbnail: np.ndarray, cfg: QCConfig) -> QCCheck:
@@ -224,12 +226,10 @@ def run_checks(
     """
     matrix = None if fitted is None else fitted.stain_matrix
     reason = "" if fitted is None else fitted.reason
-    from her2scope.stain.qc import off_plane_fraction
+    from her2scope.stain.qc import off_plane_share
 
     checks = check_stain_identity(matrix, reason, cfg)
-    off = (
-        None if matrix is None else off_plane_fraction(list(images), matrix, fitted.io, fitted.beta)
-    )
+    off = None if matrix is None else off_plane_share(list(images), matrix, fitted.io, fitted.beta)
     checks.append(check_third_stain(off, cfg))
     checks.append(check_background(thumbnail, cfg))
     tile_mpp = float(np.median(np.asarray(tiles["mpp"], np.float64)))
