@@ -384,3 +384,21 @@ def test_pipeline_passes_the_current_heatmap_size_to_explain(
     cfg = apply_overrides(RunConfig(), ["explain.heatmap_max_px=777"])
     pipeline._run_explain(tmp_path, cfg)
     assert seen["heatmap_max_px"] == 777
+
+
+@pytest.mark.parametrize("command", ["synth", "run"])
+def test_synth_and_run_into_a_read_only_folder(
+    command: str, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14.7: `OSError: [Errno 30]` tracebacks from synth and run."""
+    out = tmp_path / "ro"
+    out.mkdir()
+    read_only(monkeypatch, out)
+    if command == "synth":
+        r = cli("synth", "--out", out, "--patients", "3")
+    else:
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(f"out_dir: {out}\ncohort:\n  manifest: {tiny_cohort}\n  test_centers: [B]\n")
+        r = cli("run", cfg)
+    assert_clean_error(r, "read-only", str(out))
+    assert list(out.iterdir()) == []

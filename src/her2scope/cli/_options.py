@@ -14,9 +14,9 @@ from her2scope.errors import ConfigError
 
 log = logging.getLogger("her2scope")
 
-#: µm/px accepted for ``--mpp`` / ``--target-mpp``: below 0.05 µm/px no optical scanner resolves
-#: anything (the diffraction limit is ~0.2 µm), above 100 µm/px a 512 px tile is 5 cm wide.
-MPP_RANGE = (0.05, 100.0)
+#: µm/px accepted for a slide's ``--mpp``: below 0.05 µm/px no optical scanner resolves anything
+#: (the diffraction limit is ~0.2 µm); the upper end is the one ``tiling.target_mpp`` has.
+MPP_RANGE = (0.05, 1000.0)
 
 
 def check_int(option: str, value: int | None, lo: int, hi: int | None = None) -> int | None:

@@ -37,7 +37,7 @@ def tile(
         None,
         "--target-mpp",
         help="µm/px of the tiles (read from the best pyramid level and resized), between 0.05 "
-        "and 100. Default: each slide's own level-0 µm/px.",
+        "and 1000. Default: each slide's own level-0 µm/px.",
     ),
     max_white: float = typer.Option(
         0.60, "--max-white", help="Drop a tile whose white fraction is above this (0-1)."
@@ -80,18 +80,13 @@ def tile(
     A slide that fails is reported with its reason and the others go on; the exit status is 1 when any slide failed. See docs/tiling.md.
     """
     from her2scope._lock import output_lock
-    from her2scope.cli._options import bound_workers, check_float, check_int, check_mpp
+    from her2scope.cli._options import bound_workers, check_mpp
     from her2scope.config import from_dict
     from her2scope.errors import ConfigError
     from her2scope.tiling.config import TilingConfig
     from her2scope.tiling.extract import entries_from_paths, read_tiling_manifest, tile_entries
 
-    check_int("--tile-px", tile_px, 16, 8192)
-    check_mpp("--target-mpp", target_mpp)
     check_mpp("--mpp", mpp)
-    check_float("--max-white", max_white, 0.0, 1.0)
-    check_int("--white-level", white_level, 0, 255)
-    check_float("--min-roi-cover", min_roi_cover, 0.0, 1.0, lo_open=True)
     bound_workers("--workers", workers, None)
     classes = [c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes else None
     cfg = from_dict(
@@ -108,6 +103,10 @@ def tile(
         },
         "tiling",
     )
+    # the ranges of the tiling settings have one home, TilingConfig.problems(); name the options
+    problems = [_as_options(p) for p in cfg.problems()]
+    if problems:
+        raise ConfigError("; ".join(problems))
     csvs = [p for p in inputs if p.suffix.lower() == ".csv"]
     if csvs:
         if len(inputs) != 1:
@@ -155,3 +154,26 @@ def _print_summary(report: object) -> None:
         else:
             table.add_row(r["slide_id"], "[red]FAILED[/red]", "", "", "", "", "", r["reason"])
     Console(width=160).print(table)
+
+
+#: CLI option of each tiling setting, for error messages.
+_OPTIONS = {
+    "tiling.tile_px": "--tile-px",
+    "tiling.target_mpp": "--target-mpp",
+    "tiling.max_white": "--max-white",
+    "tiling.white_level": "--white-level",
+    "tiling.min_roi_cover": "--min-roi-cover",
+    "tiling.roi_classes": "--roi-classes",
+    "tiling.roi_rule": "--roi-rule",
+    "tiling.reader": "--reader",
+}
+
+
+def _as_options(problem: str) -> str:
+    """``tiling.tile_px = 4: …`` → ``--tile-px 4: …`` (the setting named as the user typed it)."""
+    for key, opt in _OPTIONS.items():
+        if problem.startswith(key + " = "):
+            return opt + " " + problem[len(key) + 3 :]
+        if problem.startswith(key):
+            return opt + problem[len(key) :]
+    return problem
