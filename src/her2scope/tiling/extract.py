@@ -412,7 +412,15 @@ def _make_pool(workers: int) -> Executor:
 
     safe = "fork" in mp.get_all_start_methods() and threading.active_count() == 1 and not _OPEN
     ctx = mp.get_context("fork" if safe else "spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker)
+
+
+def _quiet_worker() -> None:
+    """Worker start-up: tifffile's warnings about harmless file quirks stay off the user's
+    terminal in spawned workers too (the CLI silences them in the main process)."""
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
 
 
 # ----------------------------------------------------------------------------------------------
