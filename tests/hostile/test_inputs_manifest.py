@@ -213,6 +213,9 @@ def test_an_ignore_region_is_cut_out_of_the_tumour_roi(cohort: Path, tmp_path: P
     # 0.5 µm/px slide, 1 µm/px tiles: a tile covers 256 level-0 px; the lower half has 2.5 rows
     assert len(tiles) > 0 and int(tiles.y.min()) >= 640
     assert sorted(set(tiles.y.tolist())) == [768, 1024]
+    side = json.loads((tmp_path / "out" / "slides" / "P01_S1.json").read_text())
+    assert side["roi_n_excluded"] == 1
+    assert side["roi_area_px"] == pytest.approx(1280 * 640)
     snap.assert_unchanged()
 
 

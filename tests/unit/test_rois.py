@@ -315,6 +315,10 @@ def test_an_exclusion_covering_every_roi_leaves_no_roi_and_says_why(tmp_path: Pa
     rs = read_rois(path)
     assert rs.geometry is None
     assert rs.empty_reason == "the 1 exclusion region(s) (Ignore*/negative) cover every ROI"
+    only = _write(tmp_path, "only.geojson", feats[1:])
+    assert read_rois(only).empty_reason == (
+        "the file holds only exclusion regions (1 Ignore*/negative), no ROI to tile"
+    )
 
 
 ASAP_NEGATIVE = """<?xml version="1.0"?>

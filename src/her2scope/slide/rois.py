@@ -168,6 +168,11 @@ def _assemble(
                 f"no ROI of class {', '.join(sorted(classes or []))} "
                 f"(classes in the file: {', '.join(seen) or 'none'}); check tiling.roi_classes"
             )
+        if exclusions:
+            return empty(
+                f"the file holds only exclusion regions ({len(exclusions)} Ignore*/negative), "
+                "no ROI to tile"
+            )
         return empty("no usable ROI polygon in the file")
     union = shapely.union_all(parts)
     if exclusions:

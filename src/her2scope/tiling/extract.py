@@ -105,7 +105,9 @@ def tile_slide(
     ``export_dir`` writes every kept tile as ``<slide_id>_x<x>_y<y>.png`` there. ``workers > 1``
     reads in that many processes (or pass a shared ``executor``). Read errors of single tiles are
     counted (``n_read_errors``) and the tile dropped; an unreadable slide or ROI file raises
-    :class:`SlideError` / :class:`RoiError`. Needs no manifest (used to score single slides).
+    :class:`SlideError` / :class:`RoiError`, and so does an ROI file that leaves no ROI (none of
+    ``cfg.roi_classes``, exclusions covering it, or every ROI outside the slide): such a slide
+    fails, it is never "ok, 0 tiles". Needs no manifest (used to score single slides).
     """
     from her2scope.slide.reader import open_slide
     from her2scope.slide.rois import clip_to_slide, read_rois
@@ -126,10 +128,12 @@ def tile_slide(
         need_thumb = roi_path is None or qc_path is not None
         thumb = slide.thumbnail(_thumb_px(w0, h0, step)) if need_thumb else None
         roi = None
+        n_excluded = 0
         if roi_path is not None:
             rs = read_rois(roi_path, cfg.roi_classes)
             if rs.geometry is None:  # an ROI file that gives no ROI fails its slide, loudly
                 raise RoiError(roi_path, rs.empty_reason)
+            n_excluded = rs.n_excluded
             warnings += rs.warnings
             roi, clip_notes = clip_to_slide(rs.geometry, w0, h0, f"ROI file '{roi_path}'")
             if roi is None:
@@ -204,6 +208,7 @@ def tile_slide(
         "roi_path": str(Path(roi_path).resolve()) if roi_path is not None else None,
         "roi_rule": cfg.roi_rule if roi_path is not None else "tissue_mask",
         "roi_area_px": float(roi.area) if roi is not None else None,
+        "roi_n_excluded": n_excluded,
         "max_white": cfg.max_white,
         "white_level": cfg.white_level,
         "warnings": warnings,
