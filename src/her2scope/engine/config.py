@@ -31,10 +31,6 @@ class TrainConfig:
     objective: Literal["softmax", "ordinal"] = "softmax"
     assay_dab_range: tuple[float, ...] = ()  # per-tile DAB factor (lo, hi), log-uniform; () off
     zoom_range: tuple[float, ...] = ()  # per-tile zoom (lo, hi), log-uniform; () off
-    # issue 11 (docs/generalisation.md): ordinal head; assay (DAB) and resolution augmentation
-    objective: Literal["softmax", "ordinal"] = "softmax"
-    assay_dab_range: tuple[float, ...] = ()  # per-tile DAB factor (lo, hi), log-uniform; () off
-    zoom_range: tuple[float, ...] = ()  # per-tile zoom (lo, hi), log-uniform; () off
 
     def problems(self) -> list[str]:
         """Every out-of-range setting as one line each (empty when all are fine).
@@ -75,6 +71,10 @@ class TrainConfig:
             out, "train.workers", self.workers, 0, 256, hint="data-loading processes; 0: none"
         )
         check_range(out, "train.max_tiles_per_slide", self.max_tiles_per_slide, 1)
+        for name in ("assay_dab_range", "zoom_range"):
+            problem = factor_range_problem(name, getattr(self, name))
+            if problem:
+                out.append(problem)
         return out
 
     def validate(self) -> None:
@@ -83,6 +83,25 @@ class TrainConfig:
 
         if problems := self.problems():
             raise ConfigError("; ".join(problems))
+
+
+def factor_range_problem(name: str, value: tuple[float, ...]) -> str | None:
+    """``train.<name>``: ``()`` (off) or two positive finite factors ``lo <= hi``; else a message."""
+    import math
+
+    if not value:
+        return None
+    ok = (
+        len(value) == 2
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+        and 0 < value[0] <= value[1]
+    )
+    if ok:
+        return None
+    return (
+        f"train.{name} = {list(value)}: give two positive factors lo <= hi, e.g. [0.3, 1.5], "
+        "or [] to turn it off"
+    )
 
 
 #: First bytes of the files ``torch.save`` writes: a zip archive, or a pickle (legacy format).
