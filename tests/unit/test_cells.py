@@ -12,9 +12,11 @@ import pytest
 
 from her2scope.cells.classify import (
     CALLS,
+    calibrate_od,
     h_score,
     intensity_class,
     pattern_class,
+    raw_od,
     slide_call,
 )
 from her2scope.cells.config import CellConfig
@@ -187,7 +189,12 @@ def test_dab_scale_and_config_checks() -> None:
     rgb = cell_field([(64, 64)], [0.2], [1.0], 128)
     a = analyse_region(rgb, RJ, MPP, CellConfig())
     b = analyse_region(rgb, RJ, MPP, CellConfig(dab_scale=2.0))
-    np.testing.assert_allclose(b.membrane_od_p90, 2 * a.membrane_od_p90, rtol=1e-4)
+    n = CellConfig().dab_noise_od
+    assert a.membrane_od_p90[0] > n  # stained: stretched above the noise floor
+    np.testing.assert_allclose(b.membrane_od_p90, n + 2 * (a.membrane_od_p90 - n), rtol=1e-4)
+    od = np.array([0.0, 0.02, 0.03, 0.1, 0.5], np.float32)
+    np.testing.assert_allclose(raw_od(calibrate_od(od, 3.0, n), 3.0, n), od, rtol=1e-6)
+    assert calibrate_od(od, 3.0, n)[:3].tolist() == pytest.approx(od[:3].tolist())
 
 
 def test_match_points_is_one_to_one_and_closest_first() -> None:

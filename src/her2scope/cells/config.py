@@ -17,7 +17,8 @@ class CellConfig:
     """How nuclei are found, cells grown, membranes measured and classed, and a slide called.
 
     Membrane classes (per cell, from ``membrane_od`` = the 90th percentile of background-corrected
-    DAB OD in the membrane band, times ``dab_scale``): ``none`` below ``od_faint``; ``faint`` up to
+    DAB OD in the membrane band, calibrated by :func:`her2scope.cells.classify.calibrate_od` with
+    ``dab_scale``): ``none`` below ``od_faint``; ``faint`` up to
     ``od_weak``; ``weak_moderate`` up to ``od_strong``; ``strong`` above. A membrane is complete
     when at least ``complete_min`` of its angular sectors are stained. The defaults were set on the
     SYNTHETIC cohort's training centre (see docs/cells.md); re-fit them on your own labelled slides
@@ -45,7 +46,8 @@ class CellConfig:
     od_weak: float = 0.16
     od_strong: float = 0.41
     complete_min: float = 0.63
-    dab_scale: float = 1.0  # per-centre factor applied to measured DAB OD before classing
+    dab_scale: float = 1.0  # per-centre factor on membrane DAB OD above the noise floor
+    dab_noise_od: float = 0.03  # OD of unstained membranes (noise): dab_scale does not stretch it
     # slide call (ASCO/CAP 2018 with the 2023 HER2-0 null / ultralow split)
     positive_fraction: float = 0.10  # "> 10 % of tumour cells"
     ultralow_min_fraction: float = 0.01  # below this, stained cells are noise: 0 (null)
@@ -64,6 +66,8 @@ class CellConfig:
         ):
             if not getattr(self, name) > 0:
                 problems.append(f"cells.{name}={getattr(self, name)}: must be > 0")
+        if not self.dab_noise_od >= 0:
+            problems.append(f"cells.dab_noise_od={self.dab_noise_od}: must be ≥ 0")
         if not self.halo_um >= 0:
             problems.append(f"cells.halo_um={self.halo_um}: must be ≥ 0")
         if not self.nucleus_max_area_um2 > self.nucleus_min_area_um2:

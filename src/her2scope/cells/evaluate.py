@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from her2scope.cells.classify import CALLS, INTENSITY_CLASSES
+from her2scope.cells.classify import CALLS, INTENSITY_CLASSES, raw_od
 from her2scope.cells.fit import call_index, label_index, quadratic_kappa
 
 
@@ -201,8 +201,9 @@ def matched_truth(
         pi, tj = match_points(
             pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / summ["mpp"][0]
         )
-        scale = float(summ["config"]["dab_scale"])
-        parts["od"].append(pred["membrane_od_p90"].to_numpy()[pi] / scale)
+        used = summ["config"]
+        od = raw_od(pred["membrane_od_p90"].to_numpy()[pi], used["dab_scale"], used["dab_noise_od"])
+        parts["od"].append(od)
         parts["completeness"].append(pred["completeness"].to_numpy()[pi])
         parts["class"].append(gt["membrane_class"].cat.codes.to_numpy()[tj])
         parts["complete"].append(gt["complete"].to_numpy()[tj])

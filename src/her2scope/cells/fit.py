@@ -17,12 +17,19 @@ from typing import Any
 import numpy as np
 
 from her2scope._io import write_json
-from her2scope.cells.classify import CALLS, intensity_class, pattern_class, slide_call
+from her2scope.cells.classify import (
+    CALLS,
+    calibrate_od,
+    intensity_class,
+    pattern_class,
+    raw_od,
+    slide_call,
+)
 from her2scope.cells.config import CellConfig
 from her2scope.errors import ConfigError
 
-#: Factors searched by :func:`fit_dab_scale` (geometric, 0.4–2.5).
-SCALE_GRID = np.round(np.geomspace(0.4, 2.5, 81), 4)
+#: Factors searched by :func:`fit_dab_scale` (geometric, 0.25–6).
+SCALE_GRID = np.round(np.geomspace(0.25, 6.0, 121), 4)
 
 
 def quadratic_kappa(y_true: list[int], y_pred: list[int], n_classes: int) -> float | None:
@@ -66,7 +73,7 @@ def _calls_at(
 ) -> list[int]:
     out = []
     for od_raw, comp in tables:
-        inten = intensity_class(od_raw * np.float32(scale), cfg)
+        inten = intensity_class(calibrate_od(od_raw, scale, cfg.dab_noise_od), cfg)
         c = slide_call(pattern_class(inten, comp, cfg), cfg)["call"]
         out.append(-1 if c is None else int(call_index(c)))  # type: ignore[arg-type]
     return out
@@ -81,18 +88,12 @@ def fit_dab_scale(
     without them are listed under ``missing``. Writes the result as JSON (default
     ``cells_dir/cells_fit.json``) and returns it with its ``path``.
     """
-    import pandas as pd
-
-    from her2scope._io import read_manifest_csv
+    from her2scope._io import read_parquet
+    from her2scope.cohort.manifest import read_manifest
 
     manifest = Path(manifest)
     cells_dir = Path(cells_dir)
-    df = read_manifest_csv(manifest)
-    for col in ("slide_id", "label"):
-        if col not in df.columns:
-            raise ConfigError(f"manifest '{manifest}': no '{col}' column")
-    if "center" not in df.columns:
-        df["center"] = "all"
+    df = read_manifest(manifest, scheme=None, required=("slide_id", "label")).df
     missing: list[str] = []
     per_centre: dict[str, list[tuple[np.ndarray, np.ndarray, int, str]]] = {}
     cfg: CellConfig | None = None
@@ -110,8 +111,10 @@ def fit_dab_scale(
         summary = json.loads(js.read_text(encoding="utf-8"))
         used = CellConfig(**summary["config"])
         cfg = cfg or dataclasses_replace(used, dab_scale=1.0)
-        cells = pd.read_parquet(pq, columns=["membrane_od_p90", "completeness"])
-        od_raw = cells["membrane_od_p90"].to_numpy(np.float32) / np.float32(used.dab_scale)
+        cells = read_parquet(pq, columns=["membrane_od_p90", "completeness"])
+        od_raw = raw_od(
+            cells["membrane_od_p90"].to_numpy(np.float32), used.dab_scale, used.dab_noise_od
+        )
         per_centre.setdefault(str(row.center), []).append(
             (od_raw, cells["completeness"].to_numpy(np.float32), lab, sid)
         )

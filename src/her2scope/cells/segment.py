@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from her2scope.cells.classify import calibrate_od
 from her2scope.cells.config import CellConfig
 
 _LN10 = math.log(10.0)
@@ -296,7 +297,7 @@ def measure_cells(
     band = in_cell & (dist_edge <= cfg.band_um / mpp) & (nuclei == 0)
     interior = in_cell & ~band & (nuclei == 0)
 
-    dab_s = cv2.GaussianBlur(dab_od, (0, 0), 0.4 / mpp) * np.float32(cfg.dab_scale)
+    dab_s = cv2.GaussianBlur(dab_od, (0, 0), 0.4 / mpp)
     iy, ix = np.nonzero(interior)
     il = cells[iy, ix]
     n_int = np.bincount(il, minlength=n + 1)[1:]
@@ -309,6 +310,8 @@ def measure_cells(
     bl = cells[by, bx]
     val = dab_s[by, bx] - bg[bl - 1].astype(np.float32)
     np.maximum(val, 0, out=val)
+    if cfg.dab_scale != 1.0:
+        val = calibrate_od(val, cfg.dab_scale, cfg.dab_noise_od)
     n_band = np.bincount(bl, minlength=n + 1)[1:]
     mem_mean = np.bincount(bl, val, minlength=n + 1)[1:] / np.maximum(n_band, 1)
 
