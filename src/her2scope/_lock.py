@@ -143,8 +143,10 @@ def output_lock(folder: str | Path, command: str | None = None) -> Iterator[Path
     :class:`~her2scope.errors.OutputError` when another live run holds this folder, a folder
     containing it, or a sub-folder of it. Removes orphan temporary files of the atomic writer
     once the lock is held. ``command`` is recorded in the lock (default: this process's
-    command line).
+    command line). A folder this call created is removed again when it is still empty at the
+    end (a command refused after taking the lock leaves nothing behind).
     """
+    created = not Path(folder).exists()
     folder = ensure_writable(Path(folder).resolve())
     if _secondary_rank():  # torchrun: rank 0 holds the lock for the whole job
         yield folder
@@ -205,3 +207,6 @@ def output_lock(folder: str | Path, command: str | None = None) -> Iterator[Path
         if _is_mine(_read(lock)):
             with contextlib.suppress(OSError):
                 lock.unlink()
+        if created:  # a command that stopped before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                folder.rmdir()
