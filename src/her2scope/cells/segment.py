@@ -137,16 +137,30 @@ def nucleus_threshold(h_smooth: np.ndarray, valid: np.ndarray, cfg: CellConfig) 
     return max(float(cfg.nucleus_h_od), float(edges[1:][int(np.argmax(between))]))
 
 
-def find_nuclei(h_od: np.ndarray, valid: np.ndarray, mpp: float, cfg: CellConfig) -> np.ndarray:
+def smooth_h(h_od: np.ndarray, mpp: float, cfg: CellConfig) -> np.ndarray:
+    """The hematoxylin OD map smoothed as nucleus detection sees it (σ ``nucleus_smooth_um``)."""
+    sigma = cfg.nucleus_smooth_um / mpp
+    return cv2.GaussianBlur(h_od, (0, 0), sigma) if sigma > 0.3 else h_od
+
+
+def find_nuclei(
+    h_od: np.ndarray,
+    valid: np.ndarray,
+    mpp: float,
+    cfg: CellConfig,
+    h_threshold: float | None = None,
+) -> np.ndarray:
     """Nucleus labels (int32, 0 = none, 1…N) from a base-10 hematoxylin OD map.
+
+    ``h_threshold`` (e.g. one per slide, from :func:`nucleus_threshold` over sample regions) is
+    used as it is; without it the region's own Otsu threshold is used.
 
     Touching nuclei are split; nuclei outside the size and elongation limits are removed.
     """
     from scipy import ndimage as ndi
 
-    sigma = cfg.nucleus_smooth_um / mpp
-    hs = cv2.GaussianBlur(h_od, (0, 0), sigma) if sigma > 0.3 else h_od
-    thr = nucleus_threshold(hs, valid, cfg)
+    hs = smooth_h(h_od, mpp, cfg)
+    thr = nucleus_threshold(hs, valid, cfg) if h_threshold is None else float(h_threshold)
     fg = ((hs > thr) & valid).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(0.6 / mpp))
     n_cc, cc = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
@@ -362,12 +376,17 @@ def analyse_region(
     mpp: float,
     cfg: CellConfig,
     io: float = 240.0,
+    h_threshold: float | None = None,
 ) -> RegionCells:
-    """Nuclei, cells and membrane measurements of an RGB uint8 region at ``mpp`` µm/px."""
+    """Nuclei, cells and membrane measurements of an RGB uint8 region at ``mpp`` µm/px.
+
+    ``h_threshold``: the nucleus hematoxylin threshold to use (one per slide keeps the result
+    independent of how the slide is cut into regions); None: the region's own Otsu threshold.
+    """
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an H×W×3 uint8 RGB region, got {rgb.dtype} {rgb.shape}")
     h_od, dab_od, valid = stain_concentrations(rgb, stain_matrix, io)
-    nuclei = find_nuclei(h_od, valid, mpp, cfg)
+    nuclei = find_nuclei(h_od, valid, mpp, cfg, h_threshold)
     tissue = rgb.max(axis=-1) < WHITE_LEVEL
     cells = grow_cells(nuclei, tissue, mpp, cfg)
     return measure_cells(nuclei, cells, h_od, dab_od, mpp, cfg)

@@ -58,8 +58,10 @@ OUTPUT_SUFFIXES: dict[str, str] = {
 SUMMARY_CSV = "cells_summary.csv"
 #: Longest side of the overlay PNG, px.
 OVERLAY_MAX_PX = 2048
-#: Regions sampled to fit the stain vectors when no fitted ones are given.
+#: Regions sampled (of SAMPLE_UM, spread over the ROI) to fit the stain vectors when no fitted
+#: ones are given, and to set the slide's nucleus threshold.
 FIT_REGIONS = 12
+SAMPLE_UM = 512.0
 NOT_A_DEVICE = (
     "Research software, not a medical device: a cell-rule HER2 call from her2scope is a second "
     "opinion for a pathologist, not a diagnosis."
@@ -182,6 +184,41 @@ def _region_origins(
     return [(int(x), int(y)) for x, y in zip(xs, ys, strict=True) if x < width and y < height]
 
 
+def _sample(slide: Any, area: Any, cfg: CellConfig, width: int, height: int) -> list[np.ndarray]:
+    """Up to FIT_REGIONS regions of SAMPLE_UM spread over ``area`` that hold tissue."""
+    from shapely.geometry import box
+
+    splan = _plan(slide, dataclasses.replace(cfg, region_um=SAMPLE_UM, halo_um=0.0))
+    origins = [
+        (x, y)
+        for x, y in _region_origins(width, height, splan.step0, area.bounds)
+        if area.intersects(box(x, y, x + splan.step0, y + splan.step0))
+    ]
+    out: list[np.ndarray] = []
+    if not origins:
+        return out
+    pick = np.unique(np.linspace(0, len(origins) - 1, min(FIT_REGIONS, len(origins))).round())
+    for i in pick.astype(int):
+        rgb = _read(slide, splan, *origins[i])
+        if (rgb.max(axis=-1) < 220).mean() > 0.05:
+            out.append(rgb)
+    return out
+
+
+def _slide_h_threshold(sample: list[np.ndarray], matrix: np.ndarray, cfg: CellConfig) -> float:
+    """Otsu's nucleus threshold over the pooled sample (``cfg.nucleus_h_od`` without a sample)."""
+    from her2scope.cells.segment import nucleus_threshold, smooth_h, stain_concentrations
+
+    if not sample:
+        return float(cfg.nucleus_h_od)
+    hs, vs = [], []
+    for rgb in sample:
+        h, _, valid = stain_concentrations(rgb, matrix)
+        hs.append(smooth_h(h, cfg.target_mpp, cfg).ravel())
+        vs.append(valid.ravel())
+    return nucleus_threshold(np.concatenate(hs), np.concatenate(vs), cfg)
+
+
 def score_slide_cells(
     slide_path: str | Path,
     out_dir: str | Path,
@@ -237,16 +274,12 @@ def score_slide_cells(
             (x, y) for x, y in origins if area.intersects(box(x, y, x + plan.step0, y + plan.step0))
         ]
 
-        # stain vectors: the sidecar's, else fitted on a sample of regions, else the reference
+        # a fixed sample of the area (independent of the region size): stain vectors (the
+        # sidecar's, else fitted on it, else the reference) and the slide's nucleus threshold
         stain_obj = _read_sidecar_stain(tiles, slide_id)
-        sample: list[np.ndarray] = []
-        if stain_obj is None or stain_obj.get("stain_matrix") is None:
-            pick = np.unique(np.linspace(0, len(origins) - 1, min(FIT_REGIONS, len(origins))))
-            for i in pick.round().astype(int) if origins else []:
-                rgb = _read(slide, plan, *origins[i])
-                if (rgb.max(axis=-1) < 220).mean() > 0.05:
-                    sample.append(rgb)
+        sample = _sample(slide, area, cfg, width, height)
         stain_matrix, stain_info = load_stain_matrix(stain_obj, sample)
+        h_threshold = _slide_h_threshold(sample, stain_matrix, cfg)
         del sample
 
         parts: dict[str, list[np.ndarray]] = {k: [] for k in _ARRAY_KEYS}
@@ -258,7 +291,7 @@ def score_slide_cells(
             if (rgb.max(axis=-1) < 220).mean() < 0.01:
                 n_skipped += 1
                 continue
-            rc = analyse_region(rgb, stain_matrix, cfg.target_mpp, cfg)
+            rc = analyse_region(rgb, stain_matrix, cfg.target_mpp, cfg, h_threshold=h_threshold)
             if rc.n == 0:
                 continue
             # analysis px → level-0 px; keep cells whose nucleus centroid is in this region's core
@@ -327,6 +360,7 @@ def score_slide_cells(
         "mpp": [float(slide.mpp[0]), float(slide.mpp[1])],
         "target_mpp": cfg.target_mpp,
         "stain": {**stain_info, "stain_matrix": np.round(stain_matrix, 6).tolist()},
+        "nucleus_h_threshold": round(h_threshold, 6),
         "roi_notes": notes,
         "config": dataclasses.asdict(cfg),
         "outputs": {k: p.name for k, p in outs.items()},
