@@ -78,6 +78,12 @@ def cells(
         "--dab-scale",
         help="Per-centre factor on measured DAB OD (from `her2scope cells fit`). Default 1.",
     ),
+    site_run: Path = typer.Option(
+        None,
+        "--site-run",
+        help="Take --dab-scale from RUN/site_calibration.json (`her2scope calibrate`) for --center.",
+    ),
+    center: str = typer.Option(None, "--center", help="The centre's name in --site-run."),
     settings: list[str] = typer.Option(
         None,
         "--set",
@@ -96,7 +102,17 @@ def cells(
     from her2scope._lock import output_lock
     from her2scope.cells.slide import run_cells
     from her2scope.cli._options import bound_workers, check_mpp
+    from her2scope.errors import ConfigError
 
+    if (site_run is None) != (center is None):
+        raise ConfigError("--site-run and --center go together (the run and the centre's name)")
+    if site_run is not None:
+        if dab_scale is not None:
+            raise ConfigError("give either --dab-scale or --site-run/--center, not both")
+        from her2scope.scoring.site import site_record
+
+        dab_scale = float(site_record(site_run, center)["dab_scale"])
+        typer.echo(f"centre {center}: dab_scale {dab_scale:.3f} from {site_run}")
     cfg = build_config(settings, dab_scale, target_mpp)
     check_mpp("--mpp", mpp)
     workers = bound_workers("--workers", workers, len(slides)) or 1
