@@ -117,6 +117,16 @@ def test_cli_reports_failing_slides_and_goes_on(cohort: Path, tmp_path: Path) ->
     assert sorted(summary["status"]) == ["failed", "ok"]
 
 
+def test_cli_site_calibration_options_go_together(tmp_path: Path) -> None:
+    from her2scope.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["cells", str(tmp_path / "x.tif"), "--site-run", str(tmp_path), "--out", str(tmp_path)]
+        )
+    assert exc.value.code == 2
+
+
 def test_cli_rejects_unknown_setting(tmp_path: Path) -> None:
     from her2scope.cli.cells import build_config
 

@@ -60,7 +60,10 @@ def cell_field(
 def test_cells_do_not_import_torch() -> None:
     code = (
         "import sys, her2scope.cells, her2scope.cells.slide, her2scope.cells.fit, "
-        "her2scope.cells.evaluate, her2scope.cells.export; print('torch' in sys.modules)"
+        "her2scope.cells.evaluate, her2scope.cells.export, her2scope.cells.segment; "
+        "from her2scope.scoring.score import slide_id_of; "  # what score_slide_cells uses
+        "from her2scope.cohort.manifest import read_manifest; "  # what cells-fit uses
+        "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
