@@ -54,8 +54,9 @@ Fixtures (session scope, built once, treat as read-only; copy with ``writable_co
 ``hostile_tiles``
     ``tiny_cohort`` tiled (256 px at 1 µm/px) and stain-fitted.
 ``hostile_run``
-    An AlexNet run (random init, 64 px, 1 epoch) trained on ``hostile_tiles`` by
-    :func:`her2scope.engine.train.train_model`: ``config.yaml``, ``splits.csv``, ``checkpoints/``.
+    A ``timm:test_resnet`` run (random init, 64 px, 1 epoch) trained on ``hostile_tiles`` by
+    :func:`her2scope.engine.train.train_model`: ``config.yaml``, ``splits.csv``, ``checkpoints/``
+    (small files: copy it freely).
 ``hostile_env``
     Environment for :func:`cli_subprocess`: no progress bars, single-threaded BLAS.
 """
@@ -346,10 +347,17 @@ def hostile_tiles(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -
 def hostile_run(
     tiny_cohort: Path, hostile_tiles: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """AlexNet run (random init, 64 px, 1 epoch) on ``hostile_tiles``. SYNTHETIC. Read-only."""
+    """A run of ``timm:test_resnet`` (0.4 M parameters, random init, 64 px, 1 epoch) on
+    ``hostile_tiles``: the checkpoints are small, so copying the run is cheap. SYNTHETIC."""
     pytest.importorskip("torch")
+    from her2scope.config import apply_overrides
     from her2scope.engine.train import train_model
     from tests.integration.conftest import tiny_run_config
 
-    run_dir = tmp_path_factory.mktemp("hostile_run") / "alexnet"
-    return train_model(tiny_run_config(tiny_cohort), "alexnet", hostile_tiles, run_dir)
+    cfg = apply_overrides(tiny_run_config(tiny_cohort), [f"train.models=[{HOSTILE_MODEL!r}]"])
+    run_dir = tmp_path_factory.mktemp("hostile_run") / "test_resnet"
+    return train_model(cfg, HOSTILE_MODEL, hostile_tiles, run_dir)
+
+
+#: The model of ``hostile_run``: timm's smallest test network.
+HOSTILE_MODEL = "timm:test_resnet"

@@ -280,11 +280,13 @@ def test_checkpoint_save_on_a_full_disk_names_it(
 ) -> None:
     """Issue 14.7: `RuntimeError: [enforce fail at inline_container.cc:672]` on a full disk."""
     torch = pytest.importorskip("torch")
-    from her2scope.config import dump_config
+    from her2scope.config import apply_overrides, dump_config
+    from tests.hostile.conftest import HOSTILE_MODEL
     from tests.integration.conftest import tiny_run_config
 
     cfg_path = tmp_path / "cfg.yaml"
-    dump_config(tiny_run_config(tiny_cohort), cfg_path)
+    cfg = apply_overrides(tiny_run_config(tiny_cohort), [f"train.models=[{HOSTILE_MODEL!r}]"])
+    dump_config(cfg, cfg_path)
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise RuntimeError(
