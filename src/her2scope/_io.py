@@ -166,19 +166,23 @@ def is_atomic_temp(name: str) -> bool:
     return bool(_TEMP_RE.match(name))
 
 
-def clean_orphan_temps(folder: str | Path, recursive: bool = True) -> list[Path]:
+def clean_orphan_temps(folder: str | Path, max_depth: int = 4) -> list[Path]:
     """Delete temporary files our atomic writer left behind after a kill (``kill -9``, power cut).
 
-    Only names matching :func:`is_atomic_temp` are removed, never other files. Call it only
-    while holding the folder's lock (:mod:`her2scope._lock`): a live writer's temporary file
-    would otherwise be removed under it. Returns the removed paths.
+    Looks in ``folder`` and its sub-folders down to ``max_depth`` levels (0: the folder only;
+    the pipeline's deepest outputs, ``runs/<model>/explain/slides/``, are 4 down); symlinked
+    folders are not followed. Only names matching :func:`is_atomic_temp` are removed, never other
+    files. Call it only while holding the folder's lock (:mod:`her2scope._lock`): a live writer's
+    temporary file would otherwise be removed under it. Returns the removed paths.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed: list[Path] = []
-    walker = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
-    for dirpath, _dirs, files in walker:
+    base_depth = len(folder.parts)
+    for dirpath, dirs, files in os.walk(folder):
+        if len(Path(dirpath).parts) - base_depth >= max_depth:
+            dirs[:] = []  # do not descend further
         for name in files:
             if is_atomic_temp(name):
                 p = Path(dirpath) / name

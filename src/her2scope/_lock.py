@@ -136,13 +136,16 @@ def _secondary_rank() -> bool:
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | Path, command: str | None = None) -> Iterator[Path]:
+def output_lock(
+    folder: str | Path, command: str | None = None, clean_depth: int = 4
+) -> Iterator[Path]:
     """Hold the lock of ``folder`` (created if needed) for the duration of the ``with`` block.
 
     Checks first that the folder is writable. Raises
     :class:`~her2scope.errors.OutputError` when another live run holds this folder, a folder
     containing it, or a sub-folder of it. Removes orphan temporary files of the atomic writer
-    once the lock is held. ``command`` is recorded in the lock (default: this process's
+    once the lock is held, in the folder and ``clean_depth`` levels of sub-folders (0 for a
+    command that writes only into the folder itself, such as ``predict``). ``command`` is recorded in the lock (default: this process's
     command line). A folder this call created is removed again when it is still empty at the
     end (a command refused after taking the lock leaves nothing behind).
     """
@@ -194,7 +197,7 @@ def output_lock(folder: str | Path, command: str | None = None) -> Iterator[Path
         raise _busy_error(folder, lock, _read(lock))
     _HELD[folder] = 1
     try:
-        removed = clean_orphan_temps(folder)
+        removed = clean_orphan_temps(folder, max_depth=clean_depth)
         if removed:
             log.warning(
                 "her2scope: removed %d temporary file(s) left by an interrupted run in %s",

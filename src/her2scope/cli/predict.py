@@ -64,7 +64,7 @@ def predict(
     check_mpp("--mpp", mpp)
     check_device("--device", device)
     _check_run(run)
-    with output_lock(out):
+    with output_lock(out, clean_depth=0):  # --out may be the user's slide folder: no walk
         report = score_slides(
             slides,
             run,
