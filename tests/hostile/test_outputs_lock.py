@@ -72,3 +72,25 @@ def test_a_file_in_the_way_of_the_folder(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("a file, not a folder")
     with pytest.raises(OutputError, match="not a folder|is a file"), output_lock(tmp_path / "out"):
         pass
+
+
+def test_orphans_cleaned_down_to_the_pipelines_depth_and_only_ours(tmp_path: Path) -> None:
+    """Issue 14.11: a 432 MB `.last.*.tmp.pt` stayed behind after kill -9."""
+    ckpt = tmp_path / "runs" / "alexnet" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    orphan = ckpt / ".last.x7_k2mq9.tmp.pt"
+    orphan.write_bytes(b"half a checkpoint")
+    deep = tmp_path / "a" / "b" / "c" / "d" / "e"
+    deep.mkdir(parents=True)
+    (deep / ".x.abcdefgh.tmp.png").write_bytes(b"")
+    mine = [ckpt / "last.tmp.pt", ckpt / ".last.tmp.pt", ckpt / ".last.ABCDEFGH.tmp.pt"]
+    for p in mine:
+        p.write_text("user file")
+    with output_lock(tmp_path):
+        pass
+    assert not orphan.exists()
+    assert (deep / ".x.abcdefgh.tmp.png").exists()  # below the depth the pipeline writes
+    assert all(p.read_text() == "user file" for p in mine)
+    with output_lock(tmp_path / "a", clean_depth=0):
+        pass
+    assert (deep / ".x.abcdefgh.tmp.png").exists()
