@@ -42,10 +42,10 @@ class CellConfig:
     n_sectors: int = 16  # angular sectors of the membrane for completeness
     complete_rel: float = 0.4  # a sector is stained at ≥ this fraction of the cell's membrane OD
     # classes (base-10 DAB OD)
-    od_faint: float = 0.047
-    od_weak: float = 0.16
-    od_strong: float = 0.41
-    complete_min: float = 0.63
+    od_faint: float = 0.05
+    od_weak: float = 0.17
+    od_strong: float = 0.39
+    complete_min: float = 0.65
     dab_scale: float = 1.0  # per-centre factor on membrane DAB OD above the noise floor
     dab_noise_od: float = 0.03  # OD of unstained membranes (noise): dab_scale does not stretch it
     # slide call (ASCO/CAP 2018 with the 2023 HER2-0 null / ultralow split)

@@ -80,11 +80,15 @@ def _calls_at(
 
 
 def fit_dab_scale(
-    manifest: str | Path, cells_dir: str | Path, out: str | Path | None = None
+    manifest: str | Path,
+    cells_dir: str | Path,
+    out: str | Path | None = None,
+    cfg: CellConfig | None = None,
 ) -> dict[str, Any]:
     """Fit the DAB-scale factor of each centre of ``manifest`` (see the module docstring).
 
-    Needs ``<slide_id>.cells.parquet`` and ``.cells.json`` in ``cells_dir`` for the slides; slides
+    Calls are made with the thresholds of ``cfg`` (default: the current defaults), on the OD the
+    slides measured (their own run's ``dab_scale`` undone). Needs ``<slide_id>.cells.parquet`` and ``.cells.json`` in ``cells_dir`` for the slides; slides
     without them are listed under ``missing``. Writes the result as JSON (default
     ``cells_dir/cells_fit.json``) and returns it with its ``path``.
     """
@@ -96,7 +100,7 @@ def fit_dab_scale(
     df = read_manifest(manifest, scheme=None, required=("slide_id", "label")).df
     missing: list[str] = []
     per_centre: dict[str, list[tuple[np.ndarray, np.ndarray, int, str]]] = {}
-    cfg: CellConfig | None = None
+    cfg = dataclasses_replace(cfg or CellConfig(), dab_scale=1.0)
     for row in df.itertuples():
         sid = str(row.slide_id)
         lab = label_index(str(row.label))
@@ -110,7 +114,6 @@ def fit_dab_scale(
             continue
         summary = json.loads(js.read_text(encoding="utf-8"))
         used = CellConfig(**summary["config"])
-        cfg = cfg or dataclasses_replace(used, dab_scale=1.0)
         cells = read_parquet(pq, columns=["membrane_od_p90", "completeness"])
         od_raw = raw_od(
             cells["membrane_od_p90"].to_numpy(np.float32), used.dab_scale, used.dab_noise_od
@@ -118,12 +121,20 @@ def fit_dab_scale(
         per_centre.setdefault(str(row.center), []).append(
             (od_raw, cells["completeness"].to_numpy(np.float32), lab, sid)
         )
-    if not per_centre or cfg is None:
+    if not per_centre:
         raise ConfigError(
             f"no cell tables found in '{cells_dir}' for the slides of '{manifest}'; run "
             "`her2scope cells SLIDE... --out` on them first"
         )
-    result: dict[str, Any] = {"grid": [float(SCALE_GRID[0]), float(SCALE_GRID[-1])], "centers": {}}
+    import dataclasses
+
+    result: dict[str, Any] = {
+        "grid": [float(SCALE_GRID[0]), float(SCALE_GRID[-1])],
+        "thresholds": {
+            k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith(("od_", "complete"))
+        },
+        "centers": {},
+    }
     for centre, rows in sorted(per_centre.items()):
         tables = [(od, comp) for od, comp, _, _ in rows]
         labels = [lab for _, _, lab, _ in rows]

@@ -143,6 +143,9 @@ def cells_fit(
     out: Path = typer.Option(
         None, "--out", help="JSON file for the fitted values. Default: CELLS/cells_fit.json."
     ),
+    settings: list[str] = typer.Option(
+        None, "--set", help="Thresholds to call with, KEY=VALUE (default: the current defaults)."
+    ),
 ) -> None:
     """Fit a DAB-scale factor per centre so that the cell-rule calls agree with the labels.
 
@@ -154,7 +157,7 @@ def cells_fit(
     """
     from her2scope.cells.fit import fit_dab_scale
 
-    result = fit_dab_scale(manifest, cells_dir, out)
+    result = fit_dab_scale(manifest, cells_dir, out, cfg=build_config(settings, None, None))
     for centre, r in result["centers"].items():
         typer.echo(
             f"centre {centre}: dab_scale {r['dab_scale']:.3f} "
