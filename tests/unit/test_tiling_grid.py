@@ -58,6 +58,17 @@ def test_plan_geometry_picks_the_deepest_level_not_coarser_than_target(
     assert g.read_px == round(512 * target / (mpp0 * downsamples[level]))
 
 
+def test_plan_geometry_refuses_more_than_4x_upsampling() -> None:
+    """Issue 14.10: `--target-mpp 0.0001` gave 227,848 one-pixel tiles."""
+    from her2scope.errors import ConfigError
+
+    assert plan_geometry(0.5, (1.0, 4.0), 512, 0.125).read_px == 128  # 4×: still allowed
+    with pytest.raises(ConfigError, match=r"finer than this slide's 0.5 µm/px.*at least 0.125"):
+        plan_geometry(0.5, (1.0, 4.0), 512, 0.12)
+    with pytest.raises(ConfigError, match="5000.0× finer"):
+        plan_geometry(0.5, (1.0, 4.0), 512, 0.0001)
+
+
 def test_grid_origins_whole_tiles_only_and_bbox() -> None:
     xs, ys = grid_origins(1100, 520, 256)
     assert n_grid(1100, 520, 256) == 8 == len(xs)  # 4 across, 2 down; partial strips skipped

@@ -29,6 +29,12 @@ class TileGeometry:
     downsample: float  # of ``level`` relative to level 0
 
 
+#: The most a tile may be upsampled from level 0 (``target_mpp >= slide_mpp / MAX_UPSAMPLE``):
+#: beyond it a tile's footprint is a handful of real pixels (``--target-mpp 0.0001`` once gave
+#: 227,848 one-pixel tiles).
+MAX_UPSAMPLE = 4.0
+
+
 def plan_geometry(
     level0_mpp: float,
     level_downsamples: Sequence[float],
@@ -40,6 +46,7 @@ def plan_geometry(
     Without ``target_mpp`` tiles are level-0 pixels as they are. With it, the deepest level that
     is not coarser than the target (within 1 %) is read and
     ``read_px = round(tile_px * target_mpp / level_mpp)`` pixels are resized to ``tile_px``.
+    A target more than :data:`MAX_UPSAMPLE` times finer than level 0 raises ``ConfigError``.
     """
     if tile_px < 1:
         raise ValueError(f"tile_px must be positive, got {tile_px}")
@@ -48,6 +55,15 @@ def plan_geometry(
     if not target_mpp > 0:
         raise ValueError(f"target_mpp must be positive, got {target_mpp}")
     want_ds = target_mpp / level0_mpp
+    if want_ds < 1.0 / MAX_UPSAMPLE:
+        from her2scope.errors import ConfigError
+
+        raise ConfigError(
+            f"target µm/px {target_mpp:g} is {1 / want_ds:.1f}× finer than this slide's "
+            f"{level0_mpp:g} µm/px: tiles would be mostly invented pixels (at most "
+            f"{MAX_UPSAMPLE:g}× upsampling); use a target of at least "
+            f"{level0_mpp / MAX_UPSAMPLE:.3g} µm/px, or none"
+        )
     level = 0
     for i, ds in enumerate(level_downsamples):
         # a level up to 1% coarser still counts: real pyramids have downsamples like 4.0005
