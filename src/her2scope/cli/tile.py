@@ -80,14 +80,14 @@ def tile(
     A slide that fails is reported with its reason and the others go on; the exit status is 1 when any slide failed. See docs/tiling.md.
     """
     from her2scope._lock import output_lock
-    from her2scope.cli._options import bound_workers, check_mpp
+    from her2scope.cli._options import bound_workers, check_int, check_mpp
     from her2scope.config import from_dict
     from her2scope.errors import ConfigError
     from her2scope.tiling.config import TilingConfig
     from her2scope.tiling.extract import entries_from_paths, read_tiling_manifest, tile_entries
 
     check_mpp("--mpp", mpp)
-    bound_workers("--workers", workers, None)
+    check_int("--workers", workers, 0)  # bounded by CPUs and slides once the slides are known
     classes = [c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes else None
     cfg = from_dict(
         TilingConfig,
