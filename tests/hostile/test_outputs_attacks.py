@@ -89,3 +89,27 @@ def test_a_symlink_that_leaves_the_manifest_folder_is_refused(
     r = cli("tile", m, "--out", cohort / "tiles")
     assert_clean_error(r, "slides/S1.tif", "leaves the manifest's folder")
     before.assert_unchanged()
+
+
+def test_tile_into_a_folder_whose_roi_would_become_a_sidecar(
+    user_slide: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """No output may replace an input: `slides/<id>.json` is both a QuPath ROI and a sidecar name."""
+    slide, _ = user_slide
+    cohort = tmp_path / "cohort"
+    (cohort / "slides").mkdir(parents=True)
+    shutil.copy(slide, cohort / "slides" / "S1.tif")
+    roi = cohort / "slides" / "S1.json"
+    roi.write_text(
+        '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": '
+        '[[[0, 0], [600, 0], [600, 600], [0, 600], [0, 0]]]}, "properties": {}}'
+    )
+    m = cohort / "manifest.csv"
+    m.write_text(
+        "slide_id,patient_id,center,label,slide_path,roi_path\n"
+        "S1,P1,A,2+,slides/S1.tif,slides/S1.json\n"
+    )
+    before = snapshot(cohort)
+    r = cli("tile", m, "--out", cohort, "--target-mpp", "1.0")
+    assert_clean_error(r, "would replace an input", str(roi), "--out")
+    before.assert_unchanged()

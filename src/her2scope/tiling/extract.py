@@ -582,9 +582,26 @@ def tile_entries(
     export_tiles: bool = False,
     on_slide: Callable[[dict[str, Any]], None] | None = None,
 ) -> TilingReport:
-    """:func:`tile_cohort` for a list of slides (``her2scope tile`` on bare slide paths)."""
+    """:func:`tile_cohort` for a list of slides (``her2scope tile`` on bare slide paths).
+
+    Refuses (``OutputError``, nothing written) when an output (a sidecar ``slides/<id>.json``, a
+    ``qc/<id>.png``, ``tiles.parquet``) would replace a slide or an ROI file, e.g. ``--out`` set
+    to a folder whose ``slides/`` holds QuPath ROIs named ``<id>.json``.
+    """
+    from her2scope._io import refuse_replacing_inputs
+
     _check_cfg(cfg)
     out = Path(out_dir)
+    refuse_replacing_inputs(
+        [out / "tiles.parquet", out / "tiling_report.json"]
+        + [
+            out / d / f"{e.slide_id}.{x}"
+            for e in entries
+            for d, x in (("slides", "json"), ("qc", "png"))
+        ],
+        [p for e in entries for p in (e.slide_path, e.roi_path) if p is not None],
+        "choose another --out folder (tiling never overwrites a slide or an ROI file)",
+    )
     (out / "slides").mkdir(parents=True, exist_ok=True)
     (out / "qc").mkdir(parents=True, exist_ok=True)
     workers = max(1, int(workers))
