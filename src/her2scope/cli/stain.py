@@ -81,6 +81,13 @@ def show(
     from her2scope.stain.show import show_slide
 
     check_int("--n", n, 1, 64)
+    if out is not None and out.suffix.lower() != ".png":
+        from her2scope.errors import ConfigError
+
+        raise ConfigError(
+            f"--out '{out}': give a .png file name (a picture is written there; any other "
+            "name could be one of your files)"
+        )
     cfg = _config(config, mode, None, None)
     path = show_slide(tiles, slide_id, cfg, out, n=n)
     typer.echo(f"wrote {path}")
