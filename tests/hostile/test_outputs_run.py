@@ -404,3 +404,11 @@ def test_synth_and_run_into_a_read_only_folder(
         r = cli("run", cfg)
     assert_clean_error(r, "read-only", str(out))
     assert list(out.iterdir()) == []
+
+
+def test_stain_show_never_writes_over_a_slide(tiny_cohort: Path, hostile_tiles: Path) -> None:
+    slide = _one_slide(tiny_cohort)
+    before = snapshot(tiny_cohort.parent, hostile_tiles)
+    r = cli("stain", "show", slide.stem, "--tiles", hostile_tiles, "--out", slide)
+    assert_clean_error(r, "--out", ".png")
+    before.assert_unchanged()
