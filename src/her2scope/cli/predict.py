@@ -105,21 +105,45 @@ def explain(
     n: int = typer.Option(16, "--n", help="Tiles per class and correct/wrong group."),
     out: Path = typer.Option(None, "--out", help="Output folder. Default: RUN/explain."),
     device: str = typer.Option(None, "--device", help="cpu, cuda … Default: GPU if any."),
+    scored: Path = typer.Option(
+        None,
+        "--scored",
+        help="A slide scored by predict (its <slide_id>.her2scope.json): explain that slide.",
+    ),
+    method: str = typer.Option(
+        "input_x_gradient",
+        "--method",
+        help="input_x_gradient (per pixel, per-slide scale) or gradcam (last block, per tile).",
+    ),
 ) -> None:
-    """Grad-CAM: gallery of the most confident tiles per class and stitched slide CAM maps.
+    """Explanations: gallery of the most confident tiles per class and stitched slide maps.
 
-    Writes gallery.png, gallery.html and slides/<slide_id>_cam.png (the CAM map beside the
-    expected-score heatmap). See docs/predict.md.
+    Writes gallery.png, gallery.html and slides/<slide_id>_cam.png (the map beside the
+    expected-score heatmap). With --scored, only that slide's map, next to its JSON
+    (<slide_id>.her2scope-explain.png) or in --out. See docs/explain.md.
     """
     from her2scope._lock import output_lock
     from her2scope.cli._options import check_device, check_int
+    from her2scope.errors import ConfigError
+    from her2scope.explain.gradcam import CAM_METHODS
     from her2scope.explain.run import explain_run
 
     check_int("--n", n, 1, 10_000)
     check_device("--device", device)
+    if method not in CAM_METHODS:
+        raise ConfigError(f"--method '{method}': choose one of {', '.join(CAM_METHODS)}")
     _check_run(run)
+    if scored is not None:
+        from her2scope.explain.run import explain_scored
+
+        with output_lock(out if out is not None else scored.parent):
+            path = explain_scored(scored, run, out_dir=out, device=device, method=method)
+        typer.echo(f"explanation written to {path}")
+        return
     with output_lock(out if out is not None else run / "explain"):
-        path = explain_run(run, slide=slide, split=split, n=n, out_dir=out, device=device)
+        path = explain_run(
+            run, slide=slide, split=split, n=n, out_dir=out, device=device, method=method
+        )
     typer.echo(f"explanations written to {path}")
 
 

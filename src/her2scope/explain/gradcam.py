@@ -94,6 +94,99 @@ def cam_for_layer(
     return cam.clamp_(0, 1).cpu().numpy().astype(np.float32)
 
 
+#: Explanation methods: ``gradcam`` (last block, coarse: one value per 8-32 input px) and
+#: ``input_x_gradient`` (per input pixel, resolves membranes; see docs/explain.md).
+CAM_METHODS: tuple[str, ...] = ("gradcam", "input_x_gradient")
+
+
+def input_x_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: int | Sequence[int] | None = None,
+    baseline: torch.Tensor | None = None,
+    smooth_px: float = 1.0,
+) -> np.ndarray:
+    """Per-pixel evidence ``ReLU(Σ_c (x − baseline)_c · ∂y_target/∂x_c)`` for ``x`` ([B, 3, H, W]).
+
+    Computed on the model input itself (no upsampling), so a structure one or two input pixels
+    wide (a membrane at the model's µm/px) can stand out. ``baseline`` (broadcastable to ``x``,
+    in the same normalised space; None: zeros, the model's mean colour) is what "no evidence"
+    looks like: :func:`explain_maps` passes white, i.e. unstained glass, so a pixel's value is what
+    its stain contributes to the class. A Gaussian of ``smooth_px`` (0: none) tames
+    pixel-to-pixel gradient noise. Returns ``[B, H, W]`` float32 >= 0, **not** normalised:
+    normalise per slide with :func:`normalise_per_slide` so that tiles stay comparable.
+    """
+    import torch
+
+    from her2scope.models import split_outputs
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            xi = x.detach().clone().requires_grad_(True)
+            logits = split_outputs(model(xi))[0]
+            b = logits.shape[0]
+            if target is None:
+                idx = logits.argmax(dim=1)
+            elif isinstance(target, int):
+                idx = torch.full((b,), int(target), dtype=torch.long, device=logits.device)
+            else:
+                idx = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
+                if idx.numel() != b:
+                    raise ValueError(f"{idx.numel()} targets for a batch of {b}")
+            if int(idx.min()) < 0 or int(idx.max()) >= logits.shape[1]:
+                raise ValueError(f"target class out of range 0..{logits.shape[1] - 1}")
+            (grad,) = torch.autograd.grad(logits.gather(1, idx.view(-1, 1)).sum(), xi)
+    finally:
+        model.train(was_training)
+    delta = xi.detach() if baseline is None else xi.detach() - baseline.to(xi.device)
+    amap = torch.relu((grad * delta).sum(dim=1)).float().cpu().numpy()
+    if smooth_px > 0:
+        import cv2
+
+        amap = np.stack([cv2.GaussianBlur(m, (0, 0), float(smooth_px)) for m in amap])
+    return amap.astype(np.float32)
+
+
+def normalise_per_slide(maps: np.ndarray, quantile: float = 99.0) -> np.ndarray:
+    """Divide all maps of one slide by their common ``quantile`` (percent) and clip to [0, 1].
+
+    One scale per slide keeps a tile with little evidence dark instead of stretching its noise to
+    full brightness (what a per-tile maximum does). All-zero maps stay zero.
+    """
+    maps = np.asarray(maps, np.float32)
+    if maps.size == 0:
+        return maps
+    scale = float(np.percentile(maps, quantile))
+    if not np.isfinite(scale) or scale <= 0:
+        scale = float(maps.max())
+    if scale <= 0:
+        return np.zeros_like(maps)
+    return np.clip(maps / scale, 0.0, 1.0).astype(np.float32)
+
+
+def explain_maps(
+    model: nn.Module,
+    model_name: str,
+    x: torch.Tensor,
+    target: int | Sequence[int] | None,
+    method: str,
+    white: torch.Tensor | None = None,
+) -> np.ndarray:
+    """``[B, H, W]`` maps of ``method`` (one of :data:`CAM_METHODS`); Grad-CAM maps come per-tile
+    normalised to [0, 1], input × gradient maps unnormalised (normalise them per slide).
+
+    ``white``: the model input of a white pixel (``(1 − mean) / std``, shape [1, 3, 1, 1]), the
+    baseline of input × gradient.
+    """
+    if method == "gradcam":
+        return grad_cam(model, model_name, x, target)
+    if method == "input_x_gradient":
+        return input_x_gradient(model, x, target, baseline=white)
+    raise ValueError(f"explanation method must be one of {', '.join(CAM_METHODS)}, not {method!r}")
+
+
 def overlay(rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """The tile (uint8 RGB) blended with the CAM in the 'jet' colormap; uint8 RGB of the tile's size."""
     import matplotlib

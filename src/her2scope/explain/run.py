@@ -1,8 +1,11 @@
-"""``explain_run``: Grad-CAM gallery and stitched slide CAM maps for a trained run.
+"""``explain_run``: explanation gallery and stitched slide maps for a trained run;
+``explain_scored``: the same slide map for a slide scored by ``her2scope predict``.
 
 Writes under ``<run_dir>/explain/`` (or ``out_dir``): ``gallery.png`` and ``gallery.html`` (the most
-confident tiles per class, correct and wrong, each beside its CAM overlay) and
-``slides/<slide_id>_cam.png`` (the stitched CAM map beside the expected-score heatmap).
+confident tiles per class, correct and wrong, each beside its map overlay) and
+``slides/<slide_id>_cam.png`` (the stitched map beside the expected-score heatmap). The method is
+``input_x_gradient`` (per input pixel, normalised per slide; resolves membranes) or ``gradcam``
+(last block, per tile); see docs/explain.md.
 """
 
 from __future__ import annotations
@@ -34,17 +37,19 @@ def tile_cams(
     normalizers: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     device: Any = None,
+    method: str = "gradcam",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(tiles uint8 [N, P, P, 3], CAMs float32 [N, P, P]) at the model's ``input_px`` P.
+    """(tiles uint8 [N, P, P, 3], maps float32 [N, P, P]) at the model's ``input_px`` P.
 
     Tiles are read and normalised exactly as for prediction; ``targets`` [N] is the class explained
-    per tile.
+    per tile. ``gradcam`` maps are in [0, 1] per tile; ``input_x_gradient`` maps are normalised
+    per slide here (one scale over all rows of the same ``slide_id``).
     """
     import torch
 
     from her2scope.data.dataset import TileDataset, to_model_input
     from her2scope.engine.predict import resolve_device
-    from her2scope.explain.gradcam import grad_cam
+    from her2scope.explain.gradcam import explain_maps, normalise_per_slide
 
     dev = resolve_device(device)
     model.to(dev)
@@ -61,9 +66,14 @@ def tile_cams(
         rgbs[s : s + len(batch)] = batch
         xb = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev)
         x = to_model_input(xb, mean, std)
-        cams[s : s + len(batch)] = grad_cam(
-            model, meta.model_name, x, [int(t) for t in targets[s : s + len(batch)]]
-        )
+        cams[s : s + len(batch)] = explain_maps(
+            model, meta.model_name, x, [int(t) for t in targets[s : s + len(batch)]], method,
+            white=(1.0 - mean) / std,
+        )  # fmt: skip
+    if method != "gradcam":
+        ids = tiles_df["slide_id"].astype(str).to_numpy()
+        for sid in np.unique(ids):
+            cams[ids == sid] = normalise_per_slide(cams[ids == sid])
     return rgbs, cams
 
 
@@ -97,6 +107,7 @@ def explain_run(
     device: str | None = None,
     batch_size: int = 32,
     heatmap_max_px: int | None = None,
+    method: str = "input_x_gradient",
 ) -> Path:
     """Explain the run's best model on one slide (``slide``) or on all slides of ``split``.
 
@@ -151,7 +162,7 @@ def explain_run(
     picked = pick_confident(probs, labels, n)
     rows = np.concatenate([picked[k] for k in sorted(picked)]) if picked else np.zeros(0, int)
     rgbs, cams = tile_cams(
-        model, meta, sel.iloc[rows], probs[rows].argmax(axis=1), norms, batch_size, dev
+        model, meta, sel.iloc[rows], probs[rows].argmax(axis=1), norms, batch_size, dev, method
     )
     pos = {int(r): i for i, r in enumerate(rows)}
     groups = []
@@ -186,9 +197,72 @@ def explain_run(
             batch_size,
             dev,
             max_px,
+            method,
         )
     log.info("explanations written to %s", out)
     return out
+
+
+def explain_scored(
+    scored_json: str | Path,
+    run_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+    batch_size: int = 32,
+    method: str = "input_x_gradient",
+) -> Path:
+    """The stitched explanation map of a slide scored by ``her2scope predict``.
+
+    ``scored_json`` is predict's ``<slide_id>.her2scope.json``; the slide is tiled, stain-fitted
+    and predicted again exactly as predict did (same run, ROI and µm/px from the JSON). ``run_dir``
+    defaults to the run recorded in it; ``out_dir`` to the JSON's folder (writes
+    ``<slide_id>.her2scope-explain.png``). Raises ``ConfigError`` for a slide that was not scored
+    (failed QC) or whose run or slide is gone.
+    """
+    import json
+
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.predict import predict_tiles, resolve_device
+    from her2scope.scoring.score import _fit_normalizer
+    from her2scope.tiling import tile_slide
+
+    path = Path(scored_json)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        sid, slide_path = str(doc["slide_id"]), Path(doc["slide_path"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"'{path}' is not a her2scope predict result ({exc}); give <slide_id>.her2scope.json"
+        ) from None
+    if doc.get("status", "ok") != "ok" or doc.get("score") is None:
+        why = "; ".join(doc.get("qc_reasons") or []) or "no score"
+        raise ConfigError(
+            f"slide '{sid}' ({path}) was not scored ({why}); there is no prediction to explain "
+            "(score it with --force to explain it anyway)"
+        )
+    run = (
+        Path(run_dir) if run_dir is not None else Path(doc.get("provenance", {}).get("run_dir", ""))
+    )
+    if not (run / "checkpoints").is_dir():
+        raise ConfigError(f"run '{run}' of '{path}' not found; pass the run folder")
+    dev = resolve_device(device)
+    model, meta = load_run_model(run, "best", device=dev)
+    roi = doc.get("roi_path")
+    mpp = doc.get("mpp_given")  # predict's --mpp, for a slide whose file has none
+    tiles, _ = tile_slide(
+        slide_path, sid, meta.config.tiling, roi_path=Path(roi) if roi else None, mpp=mpp
+    )
+    if tiles.empty:
+        raise ConfigError(f"slide '{slide_path}' gives no tiles any more; was it changed?")
+    fitted, _ = _fit_normalizer(meta.config, tiles, mpp)
+    norms = {sid: fitted} if meta.config.stain.mode != "none" else None
+    probs = predict_tiles(model, meta, tiles, norms, batch_size=batch_size, device=dev)
+    out = Path(out_dir) if out_dir is not None else path.parent
+    max_px = int(meta.config.explain.heatmap_max_px)
+    return _slide_maps(
+        model, meta, tiles.reset_index(drop=True), probs, norms, out, sid, batch_size, dev,
+        max_px, method, out / f"{sid}.her2scope-explain.png", mpp,
+    )  # fmt: skip
 
 
 def _slide_maps(
@@ -202,8 +276,14 @@ def _slide_maps(
     batch_size: int,
     device: Any,
     max_px: int,
+    method: str = "gradcam",
+    path: Path | None = None,
+    mpp: float | None = None,
 ) -> Path:
-    """Stitched CAM (for the slide's predicted class) beside the expected-score map, one PNG."""
+    """Stitched map (for the slide's predicted class) beside the expected-score map, one PNG.
+
+    Written to ``path`` (default ``out/slides/<sid>_cam.png``).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -216,9 +296,11 @@ def _slide_maps(
 
     classes = list(meta.classes)
     target = int(probs.mean(axis=0).argmax())
-    _, cams = tile_cams(model, meta, part, np.full(len(part), target), norms, batch_size, device)
+    _, cams = tile_cams(
+        model, meta, part, np.full(len(part), target), norms, batch_size, device, method
+    )
     row = part.iloc[0]
-    with open_slide(row["slide_path"], mpp=float(row.get("mpp", 0.5) or 0.5)) as s:
+    with open_slide(row["slide_path"], mpp=mpp or float(row.get("mpp", 0.5) or 0.5)) as s:
         thumb = s.thumbnail(max_px)
         w0 = s.dimensions[0]
         level_ds = np.asarray(s.level_downsamples, dtype=np.float64)
@@ -232,7 +314,8 @@ def _slide_maps(
         ax.imshow(thumb)
         ax.set_axis_off()
     im0 = axes[0].imshow(np.ma.masked_invalid(cam_map), cmap="jet", vmin=0, vmax=1, alpha=0.5)
-    axes[0].set_title(f"Grad-CAM for class {classes[target]} (stitched)", fontsize=9)
+    what = "Grad-CAM" if method == "gradcam" else "input × gradient (per-slide scale)"
+    axes[0].set_title(f"{what} for class {classes[target]} (stitched)", fontsize=9)
     fig.colorbar(im0, ax=axes[0], fraction=0.04)
     im1 = axes[1].imshow(
         np.ma.masked_invalid(score_map), cmap="RdYlBu_r", vmin=0, vmax=len(classes) - 1, alpha=0.55
@@ -242,7 +325,7 @@ def _slide_maps(
     cb.ax.set_yticklabels(classes)
     fig.suptitle(f"{sid} ({meta.model_name})" + (" [SYNTHETIC]" if meta.config.synthetic else ""))
     fig.tight_layout()
-    path = out / "slides" / f"{sid}_cam.png"
+    path = path if path is not None else out / "slides" / f"{sid}_cam.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     plt.close(fig)

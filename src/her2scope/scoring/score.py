@@ -466,6 +466,7 @@ def _score_one(
         "qc": qc_doc,
         "stain_fit": stain_fit,
         "aggregate_rule": cfg.evaluate.aggregate,
+        "mpp_given": mpp,
         "roi_path": str(roi_path) if roi_path is not None else None,
         "outputs": {"heatmap": heatmap_path.name, "qupath_geojson": geojson_path.name},
         "provenance": provenance,
