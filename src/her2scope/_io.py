@@ -61,10 +61,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+        if not isinstance(exc, OutputError):
+            # disk full / read-only (OSError), or torch.save's zip writer failing part-way
             reason = os_error_reason(exc)
             if reason is not None:
-                raise OutputError(path, reason, exc.errno) from None
+                raise OutputError(path, reason, getattr(exc, "errno", None)) from None
         raise
 
 
