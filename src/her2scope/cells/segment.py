@@ -86,9 +86,9 @@ def stain_concentrations(
     """Base-10 H and DAB OD maps (float32) of ``rgb`` under ``stain_matrix`` and a validity mask.
 
     ``stain_matrix`` holds unit OD vectors, rows H and DAB (as :class:`StainNormalizer` fits).
-    Element-wise float32 maths (no BLAS), so results do not depend on thread count or CPU kernels.
-    Invalid pixels (False): glass, saturated, OD off the H–DAB plane, or green/cyan ink; their H
-    and DAB are 0.
+    Element-wise float32 maths (no BLAS), so results do not depend on thread count or CPU kernels;
+    done in bands of rows so the temporaries stay in cache. Invalid pixels (False): glass,
+    saturated, OD off the H–DAB plane, or green/cyan ink; their H and DAB are 0.
     """
     m = np.asarray(stain_matrix, np.float64)
     inv = np.linalg.pinv(m.T)  # (2, 3): conc = inv @ od
@@ -96,22 +96,51 @@ def stain_concentrations(
     normal /= max(float(np.linalg.norm(normal)), 1e-12)
     lut = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / io) / _LN10).clip(0, None)
     lut32 = lut.astype(np.float32)
-    r, g, b = (lut32[rgb[..., k]] for k in range(3))
     f = np.float32
-    h = f(inv[0, 0]) * r + f(inv[0, 1]) * g + f(inv[0, 2]) * b
-    d = f(inv[1, 0]) * r + f(inv[1, 1]) * g + f(inv[1, 2]) * b
-    off = np.abs(f(normal[0]) * r + f(normal[1]) * g + f(normal[2]) * b)
-    norm = np.sqrt(r * r + g * g + b * b)
+    coef = [f(x) for x in (*inv[0], *inv[1], *normal)]
     sin_max = f(math.sin(math.radians(MAX_OFF_PLANE_DEG)))
-    darkest = rgb.min(axis=-1)
-    valid = (off <= sin_max * norm + f(0.02)) & (darkest > SATURATED_LEVEL)
-    valid &= (r - g <= f(INK_RED_MINUS_GREEN_OD)) & (r <= f(2) * g + f(0.05))
-    valid &= rgb.max(axis=-1) < WHITE_LEVEL
-    np.maximum(h, 0, out=h)
-    np.maximum(d, 0, out=d)
-    h[~valid] = 0
-    d[~valid] = 0
+    height, width = rgb.shape[:2]
+    h = np.empty((height, width), np.float32)
+    d = np.empty((height, width), np.float32)
+    valid = np.empty((height, width), bool)
+    band = max(1, (1 << 18) // max(width, 1))
+    for y0 in range(0, height, band):
+        sl = slice(y0, min(height, y0 + band))
+        c0, c1, c2 = cv2.split(np.ascontiguousarray(rgb[sl]))
+        r, g, b = (cv2.LUT(c, lut32) for c in (c0, c1, c2))  # exact table look-ups
+        hh = coef[0] * r + coef[1] * g + coef[2] * b
+        dd = coef[3] * r + coef[4] * g + coef[5] * b
+        off = np.abs(coef[6] * r + coef[7] * g + coef[8] * b)
+        norm = np.sqrt(r * r + g * g + b * b)
+        ok = off <= sin_max * norm + f(0.02)
+        ok &= cv2.min(cv2.min(c0, c1), c2) > SATURATED_LEVEL
+        ok &= cv2.max(cv2.max(c0, c1), c2) < WHITE_LEVEL
+        ok &= (r - g <= f(INK_RED_MINUS_GREEN_OD)) & (r <= f(2) * g + f(0.05))
+        np.maximum(hh, 0, out=hh)
+        np.maximum(dd, 0, out=dd)
+        hh[~ok] = 0
+        dd[~ok] = 0
+        h[sl], d[sl], valid[sl] = hh, dd, ok
     return h, d, valid
+
+
+def brightest(rgb: np.ndarray) -> np.ndarray:
+    """Per-pixel maximum over the RGB channels (uint8); fast, exact."""
+    c0, c1, c2 = cv2.split(np.ascontiguousarray(rgb))
+    return cv2.max(cv2.max(c0, c1), c2)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``mask`` (uint8 0/1) with every background region not connected to the border filled."""
+    h, w = mask.shape
+    pad = np.zeros((h + 2, w + 2), np.uint8)
+    pad[1:-1, 1:-1] = mask
+    flood = pad.copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)  # outside → 1
+    holes = flood[1:-1, 1:-1] == 0
+    out = mask.copy()
+    out[holes] = 1
+    return out
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -157,16 +186,14 @@ def find_nuclei(
 
     Touching nuclei are split; nuclei outside the size and elongation limits are removed.
     """
-    from scipy import ndimage as ndi
 
     hs = smooth_h(h_od, mpp, cfg)
     thr = nucleus_threshold(hs, valid, cfg) if h_threshold is None else float(h_threshold)
     fg = ((hs > thr) & valid).astype(np.uint8)
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, _disk(0.6 / mpp))
-    n_cc, cc = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
-    if n_cc <= 1:
+    if not fg.any():
         return np.zeros(h_od.shape, np.int32)
-    fg = ndi.binary_fill_holes(fg).astype(np.uint8)
+    fg = _fill_holes(fg)
     n_cc, cc = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
 
     # seeds: maxima of the (slightly smoothed) distance transform, split_min_distance apart
@@ -192,39 +219,25 @@ def find_nuclei(
         (cc_area_um2 > cfg.nucleus_max_area_um2) & (cc_elong > 2 * cfg.nucleus_max_elongation)
     )
     seeds_per_cc[not_nuclei] = 0
-    multi = np.flatnonzero(seeds_per_cc > 1)
-    if multi.size:
-        slices = ndi.find_objects(cc)
-        for c in multi:
-            sl = slices[c - 1]
-            if sl is None:  # pragma: no cover - every component has a bounding box
-                continue
-            sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
-            own = cc[sl] == c
-            # each pixel of the blob joins its nearest seed (a distance-based split: no plateau
-            # artefacts, and the cut falls where two round nuclei touch)
-            seeds = np.where(own, pk[sl], 0)
-            ids = np.unique(seeds[seeds > 0])
-            _, near = cv2.distanceTransformWithLabels(
-                (seeds == 0).astype(np.uint8),
-                cv2.DIST_L2,
-                cv2.DIST_MASK_5,
-                labelType=cv2.DIST_LABEL_PIXEL,
-            )
-            sy, sx = np.nonzero(seeds)
-            to_seed = np.zeros(int(near.max()) + 1, np.int32)
-            remap = np.zeros(int(seeds.max()) + 1, np.int32)
-            remap[ids] = np.arange(1, ids.size + 1)
-            to_seed[near[sy, sx]] = remap[seeds[sy, sx]]
-            ws = to_seed[near]
-            sub = labels[sl]
-            for k in range(1, ids.size + 1):
-                part = own & (ws == k)
-                if k == 1:
-                    sub[part] = c
-                else:
-                    sub[part] = next_label
-                    next_label += 1
+    multi = seeds_per_cc > 1
+    if multi.any():
+        # each pixel of a multi-seed blob joins its nearest seed (a distance-based split: no
+        # plateau artefacts; the cut falls where two round nuclei touch), one pass for the image
+        seed_mask = (pk > 0) & multi[cc]
+        _, near = cv2.distanceTransformWithLabels(
+            (~seed_mask).astype(np.uint8),
+            cv2.DIST_L2,
+            cv2.DIST_MASK_5,
+            labelType=cv2.DIST_LABEL_PIXEL,
+        )
+        sy, sx = np.nonzero(seed_mask)
+        seed_of = np.zeros(int(near.max()) + 1, np.int32)
+        seed_of[near[sy, sx]] = pk[sy, sx]
+        nearest = seed_of[near]  # peak id of the nearest seed
+        # only a seed of the pixel's own blob may take it (not one across a gap)
+        take = multi[cc] & (pk_cc[nearest] == cc)
+        labels = np.where(take, n_cc + nearest, cc).astype(np.int32)
+        next_label = n_cc + n_pk
     return _filter_nuclei(labels, next_label, mpp, cfg)
 
 
@@ -301,12 +314,12 @@ def measure_cells(
     h_mean = np.bincount(lab, h_od[ys, xs], minlength=n + 1)[1:] / area
 
     # membrane band: cell pixels within band_um of the cell's boundary, outside the nucleus
-    edge = np.zeros(cells.shape, np.uint8)
-    edge[:, 1:] |= cells[:, 1:] != cells[:, :-1]
-    edge[:, :-1] |= cells[:, :-1] != cells[:, 1:]
-    edge[1:, :] |= cells[1:, :] != cells[:-1, :]
-    edge[:-1, :] |= cells[:-1, :] != cells[1:, :]
-    dist_edge = cv2.distanceTransform(1 - edge, cv2.DIST_L2, 3)
+    # boundary pixels: a 4-neighbour with another label (labels as float32 are exact < 2^24)
+    lab_f = cells.astype(np.float32)
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    not_edge = (cv2.dilate(lab_f, cross) == cv2.erode(lab_f, cross)).astype(np.uint8)
+    del lab_f
+    dist_edge = cv2.distanceTransform(not_edge, cv2.DIST_L2, 3)
     in_cell = cells > 0
     band = in_cell & (dist_edge <= cfg.band_um / mpp) & (nuclei == 0)
     interior = in_cell & ~band & (nuclei == 0)
@@ -387,7 +400,7 @@ def analyse_region(
         raise ValueError(f"expected an H×W×3 uint8 RGB region, got {rgb.dtype} {rgb.shape}")
     h_od, dab_od, valid = stain_concentrations(rgb, stain_matrix, io)
     nuclei = find_nuclei(h_od, valid, mpp, cfg, h_threshold)
-    tissue = rgb.max(axis=-1) < WHITE_LEVEL
+    tissue = brightest(rgb) < WHITE_LEVEL
     cells = grow_cells(nuclei, tissue, mpp, cfg)
     return measure_cells(nuclei, cells, h_od, dab_od, mpp, cfg)
 
