@@ -266,3 +266,48 @@ def test_geojson_cells_are_qupath_cells() -> None:
     assert ring[0] == ring[-1] and len(ring) == 5
     assert f["geometry"]["coordinates"][0][0] == [30.0, 30.0]
     assert set(f["properties"]["measurements"]) >= {"membrane_od_p90", "completeness"}
+
+
+def test_fit_dab_scale_recovers_a_weak_assay(tmp_path) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from her2scope.cells.export import cells_frame
+    from her2scope.cells.fit import fit_dab_scale
+
+    rng = np.random.default_rng(1)
+    cfg = CellConfig()
+    # per grade: fraction of cells that are strong complete / weak-moderate complete / faint
+    mix = {"0": (0, 0, 0.0), "1+": (0, 0.02, 0.6), "2+": (0.02, 0.5, 0.3), "3+": (0.6, 0.2, 0.1)}
+    od_of = {"strong": 0.8, "wm": 0.28, "faint": 0.1, "none": 0.02}
+    rows = []
+    for centre, assay in (("A", 1.0), ("B", 0.5)):
+        for grade, (s, w, f) in mix.items():
+            n = 400
+            kind = rng.choice(["strong", "wm", "faint", "none"], n, p=[s, w, f, 1 - s - w - f])
+            true_od = np.array([od_of[k] for k in kind]) * rng.uniform(0.9, 1.1, n)
+            n0 = cfg.dab_noise_od
+            measured = np.where(true_od > n0, n0 + assay * (true_od - n0), true_od)
+            sid = f"{centre}_{grade.strip('+')}"
+            arrays = {
+                k: np.zeros(n, np.float32)
+                for k in ("x", "y", "nucleus_area_um2", "nucleus_h_od", "membrane_od_mean")
+            }
+            arrays["membrane_od_p90"] = measured.astype(np.float32)
+            arrays["completeness"] = np.where(kind == "faint", 0.5, 0.95).astype(np.float32)
+            arrays["intensity_idx"] = np.zeros(n, int)
+            arrays["pattern_idx"] = np.zeros(n, int)
+            cells_frame(arrays).to_parquet(tmp_path / f"{sid}.cells.parquet")
+            (tmp_path / f"{sid}.cells.json").write_text(
+                json.dumps({"config": dataclasses.asdict(cfg)})
+            )
+            rows.append({"slide_id": sid, "center": centre, "label": grade})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    res = fit_dab_scale(tmp_path / "manifest.csv", tmp_path)
+    a, b = res["centers"]["A"], res["centers"]["B"]
+    assert a["kappa_after"] == pytest.approx(1.0) and b["kappa_after"] == pytest.approx(1.0)
+    assert a["plateau"][0] <= 1.0 <= a["plateau"][1]
+    assert b["plateau"][0] <= 2.0 <= b["plateau"][1]  # the weak assay needs about 2×
+    assert b["kappa_before"] < 1.0
+    assert json.loads((tmp_path / "cells_fit.json").read_text())["centers"]["B"]["dab_scale"] > 1.2
