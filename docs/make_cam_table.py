@@ -10,6 +10,9 @@ with input × gradient (per input pixel, per-slide normalisation):
 - pointing game: share of tiles whose map maximum lies on a stained membrane (within 1 µm),
   against chance = the mean share of such pixels in a tile.
 
+Input × gradient uses white (unstained glass) as its baseline. Both the validation split (the
+training centre) and the test split (the other centre) are measured.
+
 Usage (minutes per model on 2 CPU cores; the models are weak, the numbers say where maps point,
 not how good a model is)::
 
@@ -41,8 +44,10 @@ def _region_masks(mask: np.ndarray, h_conc: np.ndarray) -> dict[str, np.ndarray]
     }
 
 
-def measure(run_dir: Path, cohort_dir: Path, tiles_per_slide: int = 12) -> dict[str, Any]:
-    """Region means and pointing game of both methods on the run's test tiles."""
+def measure(
+    run_dir: Path, cohort_dir: Path, split: str = "test", tiles_per_slide: int = 12
+) -> dict[str, Any]:
+    """Region means and pointing game of both methods on the tiles of the run's ``split``."""
     import cv2
     import torch
 
@@ -54,7 +59,7 @@ def measure(run_dir: Path, cohort_dir: Path, tiles_per_slide: int = 12) -> dict[
 
     model, meta = load_run_model(run_dir, "best")
     splits = pd.read_csv(run_dir / "splits.csv", dtype=str)
-    test = set(splits.loc[splits["split"] == "test", "slide_id"])
+    test = set(splits.loc[splits["split"] == split, "slide_id"])
     tiles = pd.read_parquet(Path(meta.tiles_dir) / "tiles.parquet")
     tiles = tiles[tiles["slide_id"].astype(str).isin(test)].reset_index(drop=True)
     norms = load_normalizers(meta.tiles_dir, meta.config.stain)
@@ -103,6 +108,7 @@ def measure(run_dir: Path, cohort_dir: Path, tiles_per_slide: int = 12) -> dict[
             n_tiles += 1
     return {
         "model": meta.model_name,
+        "split": split,
         "n_tiles": n_tiles,
         "tile_accuracy": correct / n_tiles if n_tiles else None,
         "chance": float(np.mean(chance)) if chance else None,
@@ -159,18 +165,19 @@ def main() -> None:
         run_dir = out / "runs" / name
         if not (run_dir / "checkpoints" / "best.pt").is_file():
             train_model(cfg, name, tiles_dir, run_dir)
-        res = measure(run_dir, cohort)
-        results.append(res)
-        print(json.dumps(res, indent=1), flush=True)
-    print("| model | tile acc. | method | membrane | nucleus | cytoplasm | stroma | glass | "
+        for split in ("val", "test"):
+            res = measure(run_dir, cohort, split)
+            results.append(res)
+            print(json.dumps(res, indent=1), flush=True)
+    print("| model | split | tile acc. | method | membrane | nucleus | cytoplasm | stroma | glass | "
           "pointing game | chance |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for method, v in res["methods"].items():
             rm = v["region_mean"]
             cells = " | ".join("—" if rm[r] is None else f"{rm[r]:.3f}" for r in REGIONS)
             print(
-                f"| {res['model']} | {res['tile_accuracy']:.2f} | {method} | {cells} | "
+                f"| {res['model']} | {res['split']} | {res['tile_accuracy']:.2f} | {method} | {cells} | "
                 f"{v['pointing_game']:.2f} | {res['chance']:.2f} |"
             )
 
