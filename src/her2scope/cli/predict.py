@@ -82,6 +82,8 @@ def predict(
     n_ok = int((s["status"] == "ok").sum())
     for _, r in s[s["status"] == "ok"].iterrows():
         flag = "  reflex FISH" if bool(r["reflex_fish"]) else ""
+        if r.get("qc_passed") is False or str(r.get("qc_passed")) == "False":
+            flag += f"  QC FAILED, scored with --force ({r['qc_failed_checks']})"
         typer.echo(f"{r['slide_id']}: {r['score']} (uncertainty {r['uncertainty']:.2f}){flag}")
     for _, r in s[s["status"] == "qc_failed"].iterrows():
         typer.secho(
