@@ -440,14 +440,14 @@ def _calibration_html(cal: Any) -> str:
     here = cal.get("this_split") or {}
     rf = cal.get("reflex") or {}
     rows = [
-        ["temperature T", _fmt(cal.get("temperature")), _e(cal.get("method", ""))],
+        ["temperature T", _fmt(cal.get("temperature")), cal.get("method", "")],
         ["ECE, validation tiles (before → after)",
          f"{_fmt(val.get('ece_tile_before'))} → {_fmt(val.get('ece_tile_after'))}",
          f"{val.get('n_tiles', 0)} tiles"],
         ["ECE, evaluated tiles (before → after)",
          f"{_fmt(here.get('ece_tile_before'))} → {_fmt(here.get('ece_tile_after'))}", ""],
         ["reflex threshold (slide uncertainty)", _fmt(rf.get("threshold")),
-         _e(rf.get("policy", ""))],
+         rf.get("policy", "")],
         ["slides flagged (this split)",
          "—" if rf.get("fraction_flagged") is None else f"{rf['fraction_flagged']:.0%}",
          f"of {rf.get('n_slides', 0)} slides"],
