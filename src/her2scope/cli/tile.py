@@ -126,10 +126,12 @@ def tile(
     _print_summary(report)
     if report.failures:
         typer.secho(
-            f"{len(report.failures)} of {len(report.slides)} slide(s) failed; see the table above",
+            f"{len(report.failures)} of {len(report.slides)} slide(s) failed:",
             fg=typer.colors.RED,
             err=True,
         )
+        for f in report.failures:  # whole reasons, one line each (the table folds long ones)
+            typer.secho(f"  {f['slide_id']}: {f['reason']}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
 
 
