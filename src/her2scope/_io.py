@@ -249,16 +249,39 @@ def refuse_replacing_inputs(
 ) -> None:
     """Raise :class:`OutputError` when any output path is (or resolves to) an input file.
 
-    ``fix`` tells the user what to do (e.g. "choose another --out"). Every clash is listed.
+    Paths are compared after resolving symlinks, and existing files also by device and inode (a
+    hard link is the same file). ``fix`` tells the user what to do (e.g. "choose another --out").
+    Every clash is listed. Linear in the number of paths (cohorts of thousands of slides).
     """
-    ins = [Path(p) for p in inputs]
-    clashes = [(o, i) for o in (Path(p) for p in outputs) for i in ins if same_file(o, i)]
+    by_path: dict[Path, Path] = {}
+    by_inode: dict[tuple[int, int], Path] = {}
+    for i in (Path(p) for p in inputs):
+        by_path.setdefault(i.resolve(), i)
+        key = _inode(i)
+        if key is not None:
+            by_inode.setdefault(key, i)
+    clashes: list[tuple[Path, Path]] = []
+    for o in (Path(p) for p in outputs):
+        hit = by_path.get(o.resolve())
+        if hit is None:
+            key = _inode(o)
+            hit = by_inode.get(key) if key is not None else None
+        if hit is not None:
+            clashes.append((o, hit))
     if clashes:
         shown = "; ".join(f"'{o}' is the input '{i}'" for o, i in clashes[:5])
         more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
         raise OutputError(
             clashes[0][0], f"writing here would replace an input ({shown}{more}); {fix}"
         )
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)  # follows symlinks
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def host_name() -> str:
