@@ -214,11 +214,13 @@ def test_workers_are_bounded_by_cpus_and_slides(
         ["synth", "--workers", "-1"],
         ["demo", "--patients", "-5"],
         ["run", "cfg.yaml", "--workers", "-2"],
+        ["train", "--device", "bogus"],
+        ["train", "--device", "cuda:99"],
     ],
 )
 def test_other_commands_refuse_absurd_numbers(tmp_path: Path, args: list[str]) -> None:
     before = snapshot(tmp_path)
-    r = cli(*args, "--out", tmp_path / "x") if args[0] != "run" else cli(*args)
+    r = cli(*args, "--out", tmp_path / "x") if args[0] not in ("run", "train") else cli(*args)
     assert_clean_error(r, args[-2])
     before.assert_unchanged()
 
