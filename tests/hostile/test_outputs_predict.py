@@ -308,3 +308,22 @@ def test_truncated_checkpoint_is_named(hostile_run: Path, tmp_path: Path) -> Non
     r = cli("evaluate", run)
     assert_clean_error(r, "best.pt", "could not be read")
     before.assert_unchanged()
+
+
+def test_pickled_pretrained_weights_are_refused_as_unsafe(tmp_path: Path) -> None:
+    """`train.pretrained=<file>` holding pickled objects: refused as unsafe, no code run, and
+    the message never suggests weights_only=False."""
+    import torch
+
+    from her2scope.errors import WeightsError
+    from her2scope.models import create_model
+    from tests.hostile.conftest import HOSTILE_MODEL
+
+    marker = tmp_path / "PWNED"
+    weights = tmp_path / "weights.pt"
+    torch.save({"fc.weight": _Evil(marker)}, weights)
+    with pytest.raises(WeightsError) as info:
+        create_model(HOSTILE_MODEL, 3, pretrained=str(weights))
+    assert "refused as unsafe" in str(info.value) and str(weights) in str(info.value)
+    assert "weights_only" not in str(info.value)
+    assert not marker.exists()

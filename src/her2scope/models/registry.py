@@ -267,12 +267,27 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
             f"weights file '{path}' not found; give train.pretrained=true|false|auto or an "
             "existing file"
         )
+    import pickle
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            raise WeightsError(
+                f"weights file '{path}' was refused as unsafe: it holds pickled Python objects, "
+                "which could run code when loaded. Give a plain state dict of tensors (e.g. "
+                "torch.save(model.state_dict(), path))"
+            ) from None
         raise WeightsError(
-            f"weights file '{path}' could not be read as a PyTorch state dict "
-            f"({type(exc).__name__}: {exc})"
+            f"weights file '{path}' could not be read as a PyTorch state dict (damaged or "
+            "not a PyTorch file)"
+        ) from None
+    except Exception as exc:
+        from her2scope.errors import reason_of
+
+        why = reason_of(exc, "damaged, truncated or not a PyTorch file")
+        raise WeightsError(
+            f"weights file '{path}' could not be read as a PyTorch state dict ({why})"
         ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model_state"), dict):
         obj = obj["model_state"]  # a her2scope checkpoint

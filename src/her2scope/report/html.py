@@ -74,6 +74,13 @@ SYNTHETIC_TEXT = (
 # ----------------------------------------------------------------------------------------------
 
 
+def _reason(exc: BaseException) -> str:
+    """Why a report section is missing, in words (never a raw "KeyError: 'x'")."""
+    from her2scope.errors import describe_exception
+
+    return describe_exception(exc)
+
+
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
@@ -285,7 +292,7 @@ def _preprocessing_section(out_dir: Path, cfg: RunConfig) -> str:
         png = _raw_vs_normalised_png(out_dir / "tiles", cfg)
     except Exception as exc:  # optional artefact: never break the report
         log.debug("raw vs normalised tiles failed", exc_info=True)
-        parts.append(_missing(f"raw vs normalised tiles ({type(exc).__name__}: {exc})", ""))
+        parts.append(_missing(f"raw vs normalised tiles ({_reason(exc)})", ""))
     else:
         if png is None:
             parts.append(_missing("raw vs normalised tiles", "no tiles to show"))
@@ -612,7 +619,7 @@ def _reflex_html(out_dir: Path, cfg: RunConfig, models: list[tuple[str, Path]]) 
             table = reflex_table(pd.read_parquet(pred_path), cfg, policy)
         except Exception as exc:
             log.debug("reflex list failed", exc_info=True)
-            return _missing(f"reflex-FISH list ({type(exc).__name__}: {exc})", "")
+            return _missing(f"reflex-FISH list ({_reason(exc)})", "")
         flagged = table[table["reflex_fish"]]
         head = (
             f"<p>Model <b>{_e(name)}</b>: {len(flagged)} of {len(table)} test slides "
@@ -730,9 +737,7 @@ def render_report(out_dir: str | Path, cfg: RunConfig) -> str:
         except Exception as exc:  # one broken artefact must not cost the whole report
             log.warning("report section %s failed: %s", fn.__name__, exc, exc_info=True)
             sections.append(
-                _missing(
-                    f"section {fn.__name__.strip('_')} ({type(exc).__name__}: {exc})", "see the log"
-                )
+                _missing(f"section {fn.__name__.strip('_')} ({_reason(exc)})", "see the log")
             )
     banner = f"<div class='banner' role='alert'>{_e(SYNTHETIC_TEXT)}</div>" if cfg.synthetic else ""
     models = ", ".join(cfg.train.models)
