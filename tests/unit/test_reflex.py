@@ -196,3 +196,15 @@ def test_reflex_decision_follows_the_stored_policy(tmp_path) -> None:
     # a run without calibration.json: T = 1 and the configured threshold
     plain = load_calibration(tmp_path / "nothing", reflex_uncertainty=0.4)
     assert plain == identity_calibration(0.4) and plain.temperature == 1.0
+
+
+def test_policy_never_flags_more_than_the_equivocal_calls_need_when_capped() -> None:
+    # 3 of 4 slides are called 2+ (always flagged): 75 % > the 50 % cap already; the 1+ mis-call
+    # must not push the threshold down to flag everything
+    probs = np.array([[0.1, 0.8, 0.1]] * 3 + [list(_probs_with_entropy(0.6))])
+    pred = np.array([1, 1, 1, 0])
+    y = np.array([1, 1, 1, 2])
+    pol = choose_reflex_policy(probs, y, pred, CLASSES, max_flag_frac=0.5)
+    assert pol.threshold == 1.0
+    assert pol.validation["fraction_flagged"] == 0.75
+    assert "capped" in pol.validation["why"]

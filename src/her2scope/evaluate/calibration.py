@@ -196,7 +196,7 @@ def choose_reflex_policy(
         cands.append(max(0.0, float(levels[0]) / 2))
     chosen, why = 1.0, "no validation mis-call: only the equivocal rule flags"
     if n_wrong:
-        chosen, why = cands[-1], ""
+        chosen, why = 1.0, ""  # the fewest flags, if even they exceed the cap
         for t in cands:  # from the highest threshold (fewest flags) down
             f = flagged(t)
             if f.mean() > max_flag_frac + 1e-12:
