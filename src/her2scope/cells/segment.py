@@ -324,18 +324,22 @@ def measure_cells(
     band = in_cell & (dist_edge <= cfg.band_um / mpp) & (nuclei == 0)
     interior = in_cell & ~band & (nuclei == 0)
 
-    dab_s = cv2.GaussianBlur(dab_od, (0, 0), 0.4 / mpp)
-    iy, ix = np.nonzero(interior)
-    il = cells[iy, ix]
+    dab_s = cv2.GaussianBlur(dab_od, (0, 0), 0.4 / mpp).ravel()
+    flat_cells = cells.ravel()
+    fi = np.flatnonzero(interior)
+    il = flat_cells[fi]
+    dab_int = dab_s[fi]
     n_int = np.bincount(il, minlength=n + 1)[1:]
-    bg_int = np.bincount(il, dab_s[iy, ix], minlength=n + 1)[1:] / np.maximum(n_int, 1)
+    bg_int = np.bincount(il, dab_int, minlength=n + 1)[1:] / np.maximum(n_int, 1)
     # cells without interior (tiny, crowded): the region's median cytoplasm, or 0
-    fallback = float(np.median(dab_s[iy, ix])) if iy.size else 0.0
+    fallback = float(np.median(dab_int)) if fi.size else 0.0
     bg = np.where(n_int >= 5, bg_int, fallback)
+    del fi, il, dab_int
 
-    by, bx = np.nonzero(band)
-    bl = cells[by, bx]
-    val = dab_s[by, bx] - bg[bl - 1].astype(np.float32)
+    fb = np.flatnonzero(band)
+    by, bx = np.divmod(fb, cells.shape[1])
+    bl = flat_cells[fb]
+    val = dab_s[fb] - bg[bl - 1].astype(np.float32)
     np.maximum(val, 0, out=val)
     if cfg.dab_scale != 1.0:
         val = calibrate_od(val, cfg.dab_scale, cfg.dab_noise_od)
@@ -345,7 +349,10 @@ def measure_cells(
     p90 = np.zeros(n, np.float64)
     comp = np.zeros(n, np.float64)
     if bl.size:
-        order = np.lexsort((val, bl))
+        # sort by (cell, value) with one integer key: the bits of a float32 ≥ 0 order like it
+        val = np.ascontiguousarray(val, np.float32)
+        key = (bl.astype(np.uint64) << np.uint64(32)) | val.view(np.uint32).astype(np.uint64)
+        order = np.argsort(key)
         bl_s, val_s = bl[order], val[order]
         starts = _group_starts(bl_s)
         counts = np.diff(np.r_[starts, bl_s.size])
@@ -356,7 +363,7 @@ def measure_cells(
         ang = np.arctan2(by - cy[bl - 1], bx - cx[bl - 1])
         sector = np.minimum(((ang + np.pi) / (2 * np.pi) * k).astype(np.int64), k - 1)
         key = bl.astype(np.int64) * k + sector
-        order = np.argsort(key, kind="stable")
+        order = np.argsort(key)  # order inside a sector does not matter (its maximum is taken)
         key_s = key[order]
         st = _group_starts(key_s)
         sec_max = np.maximum.reduceat(val[order], st)
