@@ -146,3 +146,27 @@ def test_synth_zero_kinds_and_cell_truth(cohort: Path) -> None:
         gt = pd.read_parquet(cohort / "cells" / f"{s['slide_id']}.parquet")
         idx = gt["membrane_class"].cat.codes.to_numpy()
         assert P.asco_cap_call(idx, gt["completeness"].to_numpy()) == s["asco_call"]
+
+
+def test_reconciliation_with_predict(cohort: Path, tmp_path: Path) -> None:
+    man = _slides(cohort)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    sid3, sid0 = man.loc["3+", "slide_id"], man.loc["0", "slide_id"]
+    (pred / f"{sid3}.her2scope.json").write_text(json.dumps({"score": "2+"}))  # disagrees
+    (pred / f"{sid0}.her2scope.json").write_text(json.dumps({"score": "0"}))  # agrees
+    before = (pred / f"{sid3}.her2scope.json").read_bytes()
+    slides = [cohort / p for p in man["slide_path"]]
+    report = run_cells(slides, tmp_path / "out", rois=cohort / "rois", predict_dir=pred)
+    assert (pred / f"{sid3}.her2scope.json").read_bytes() == before  # predict's file untouched
+    s3 = json.loads((tmp_path / "out" / f"{sid3}.cells.json").read_text())
+    rec = s3["reconciliation"]
+    assert rec["cnn_score"] == "2+" and rec["cell_call"] == "3+"
+    assert rec["review"] is True and rec["grade_difference"] == 1
+    s0 = json.loads((tmp_path / "out" / f"{sid0}.cells.json").read_text())
+    assert s0["reconciliation"]["agree"] is True and s0["reconciliation"]["review"] is False
+    table = json.loads((tmp_path / "out" / "cells_agreement.json").read_text())
+    assert table["n_slides"] == 2 and table["agreement"] == 0.5 and table["n_review"] == 1
+    assert table["confusion"][2][3] == 1 and table["confusion"][0][0] == 1
+    rows = report.summary.set_index("slide_id")
+    assert bool(rows.loc[sid3, "review"]) and rows.loc[sid3, "cnn_score"] == "2+"

@@ -56,6 +56,7 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "overlay": ".cells.png",
 }
 SUMMARY_CSV = "cells_summary.csv"
+AGREEMENT_JSON = "cells_agreement.json"
 #: Longest side of the overlay PNG, px.
 OVERLAY_MAX_PX = 2048
 #: Regions sampled (of SAMPLE_UM, spread over the ROI) to fit the stain vectors when no fitted
@@ -481,11 +482,15 @@ def run_cells(
     tiles_dir: str | Path | None = None,
     workers: int = 1,
     mpp: float | None = None,
+    predict_dir: str | Path | None = None,
 ) -> CellsReport:
     """Score every slide's cells into ``out_dir``; a failing slide is recorded and the rest go on.
 
     ``rois`` is one ROI file (one slide) or a folder of ``<slide_id>.geojson|.json|.xml``.
     Writes the per-slide outputs and ``cells_summary.csv`` (one row per slide with its status).
+    With ``predict_dir`` (an output folder of ``her2scope predict``), each slide's cell call is
+    reconciled with the CNN's (:mod:`her2scope.cells.reconcile`): a ``reconciliation`` object in
+    its ``.cells.json``, ``cnn_score``/``review`` columns, and ``cells_agreement.json``.
     """
     import pandas as pd
 
@@ -514,6 +519,18 @@ def run_cells(
     else:
         results = [_one(j) for j in jobs]
     rows, failures = [], []
+    recs: list[dict[str, Any]] = []
+    if predict_dir is not None:
+        from her2scope.cells.reconcile import reconcile
+
+        for res in results:
+            if isinstance(res, Exception):
+                continue
+            rec = reconcile(res, predict_dir)
+            if rec is not None:
+                res["reconciliation"] = rec
+                recs.append(rec)
+                write_json(output_paths(out, res["slide_id"])["summary"], res)
     for (slide, *_), res in zip(jobs, results, strict=True):
         if isinstance(res, Exception):
             failures.append((slide, str(res)))
@@ -532,10 +549,22 @@ def run_cells(
                 "borderline": res["borderline"],
                 **{f"pct_{p}": round(100 * fr.get(p, 0.0), 3) for p in PATTERNS},
                 "rule": res["rule"],
+                **(
+                    {
+                        "cnn_score": res.get("reconciliation", {}).get("cnn_score"),
+                        "review": res.get("reconciliation", {}).get("review"),
+                    }
+                    if predict_dir is not None
+                    else {}
+                ),
                 "error": "",
             }
         )
     df = pd.DataFrame(rows)
+    if predict_dir is not None:
+        from her2scope.cells.reconcile import agreement_table
+
+        write_json(out / AGREEMENT_JSON, agreement_table(recs))
     summary_path = out / SUMMARY_CSV
     from her2scope._io import atomic_open
 

@@ -84,6 +84,12 @@ def cells(
         help="Take --dab-scale from RUN/site_calibration.json (`her2scope calibrate`) for --center.",
     ),
     center: str = typer.Option(None, "--center", help="The centre's name in --site-run."),
+    predict_dir: Path = typer.Option(
+        None,
+        "--predict",
+        help="Output folder of `her2scope predict` for these slides: reconcile the CNN call with "
+        "the cell call (review flag, cells_agreement.json).",
+    ),
     settings: list[str] = typer.Option(
         None,
         "--set",
@@ -118,14 +124,33 @@ def cells(
     workers = bound_workers("--workers", workers, len(slides)) or 1
     with output_lock(out):
         report = run_cells(
-            slides, out, rois=roi, cfg=cfg, tiles_dir=tiles, workers=workers, mpp=mpp
+            slides,
+            out,
+            rois=roi,
+            cfg=cfg,
+            tiles_dir=tiles,
+            workers=workers,
+            mpp=mpp,
+            predict_dir=predict_dir,
         )
     s = report.summary
     ok = s[s["status"] == "ok"]
     for _, r in ok.iterrows():
         flag = "  (borderline)" if bool(r["borderline"]) else ""
+        if predict_dir is not None and r.get("review") is True:
+            flag += f"  REVIEW: CNN says {r.get('cnn_score')}"
         typer.echo(f"{r['slide_id']}: {r['call']} — {r['n_cells']} cells — {r['rule']}{flag}")
     typer.echo(f"{len(ok)}/{len(s)} slide(s) analysed; summary: {report.summary_path}")
+    if predict_dir is not None:
+        import json
+
+        agree = json.loads((out / "cells_agreement.json").read_text(encoding="utf-8"))
+        k = agree["kappa_quadratic"]
+        typer.echo(
+            f"CNN vs cell rules: {agree['n_slides']} slide(s) compared, "
+            f"agreement {agree['agreement'] if agree['agreement'] is None else round(agree['agreement'], 3)}, "
+            f"κ {k if k is None else round(k, 3)}, {agree['n_review']} to review"
+        )
     if report.failures:
         typer.secho(f"{len(report.failures)} slide(s) failed:", fg=typer.colors.RED, err=True)
         for path, msg in report.failures:
