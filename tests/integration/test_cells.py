@@ -170,3 +170,19 @@ def test_reconciliation_with_predict(cohort: Path, tmp_path: Path) -> None:
     assert table["confusion"][2][3] == 1 and table["confusion"][0][0] == 1
     rows = report.summary.set_index("slide_id")
     assert bool(rows.loc[sid3, "review"]) and rows.loc[sid3, "cnn_score"] == "2+"
+
+
+@pytest.mark.parametrize("fill", [(245, 245, 245), (0, 0, 0)])
+def test_blank_slide_gives_no_cells_and_no_call(tmp_path: Path, fill: tuple[int, int, int]) -> None:
+    import cv2
+
+    png = tmp_path / "blank.png"
+    cv2.imwrite(str(png), np.full((600, 700, 3), fill, np.uint8))
+    report = run_cells([png], tmp_path / "out", mpp=0.5)
+    assert report.failures == []
+    summary = json.loads((tmp_path / "out" / "blank.cells.json").read_text())  # strict JSON
+    assert summary["n_cells"] == 0 and summary["call"] is None and summary["h_score"] is None
+    assert "no tumour cells" in summary["rule"]
+    assert len(pd.read_parquet(tmp_path / "out" / "blank.cells.parquet")) == 0
+    fc = json.loads((tmp_path / "out" / "blank.cells.geojson").read_text())
+    assert fc["features"] == []
