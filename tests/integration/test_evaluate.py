@@ -178,6 +178,7 @@ def test_evaluate_and_compare_cli_on_tiny_run(tiny_run: Path, tmp_path: Path) ->
     res = runner.invoke(app, ["evaluate", str(run_a), "--n-boot", "200"])
     assert res.exit_code == 0, res.output
     assert "patient macro-AUC" in res.output
+    assert "reflex threshold" in res.output and "tile ECE" in res.output
     res = runner.invoke(
         app, ["evaluate", str(run_b), "--n-boot", "200", "--aggregate", "majority", "--no-plots"]
     )

@@ -91,6 +91,18 @@ def evaluate(
         else:
             ci = m["ci"] or [float("nan"), float("nan")]
             typer.echo(f"{head}; patient macro-AUC {m['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]")
+        cal = res.get("calibration") or {}
+        rf = cal.get("reflex") or {}
+        if rf.get("fraction_flagged") is not None:
+            ece = cal.get("this_split") or {}
+            caught = rf.get("miscalls_caught")
+            typer.echo(
+                f"  calibration T={cal['temperature']:.2f}, tile ECE "
+                f"{ece.get('ece_tile_before') or float('nan'):.3f} -> "
+                f"{ece.get('ece_tile_after') or float('nan'):.3f}; reflex threshold "
+                f"{rf['threshold']:.3f} flags {rf['fraction_flagged']:.0%} of slides, catches "
+                + ("n/a (no mis-call)" if caught is None else f"{caught:.0%} of mis-calls")
+            )
         if res.get("synthetic"):
             typer.echo("  (synthetic cohort: not clinical performance)")
     if failed:
