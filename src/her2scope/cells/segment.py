@@ -194,7 +194,7 @@ def find_nuclei(
     if not fg.any():
         return np.zeros(h_od.shape, np.int32)
     fg = _fill_holes(fg)
-    n_cc, cc = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
+    n_cc, cc, cc_stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8, ltype=cv2.CV_32S)
 
     # seeds: maxima of the (slightly smoothed) distance transform, split_min_distance apart
     dist = cv2.distanceTransform(fg, cv2.DIST_L2, 5)
@@ -213,8 +213,13 @@ def find_nuclei(
     labels = cc.copy()
     next_label = n_cc
     # a long, thin or huge blob is no clump of nuclei (pen stroke, fold, ink): it is not split
-    cc_area, cc_elong = _shape_stats(cc, n_cc)
-    cc_area_um2 = cc_area * mpp * mpp
+    cc_area_um2 = cc_stats[:, cv2.CC_STAT_AREA].astype(np.float64) * mpp * mpp
+    cc_area_um2[0] = 0.0
+    cc_elong = np.ones(n_cc)
+    big = cc_area_um2 > cfg.nucleus_max_area_um2  # only these can be strokes: measure them
+    if big.any():
+        _, elong_big = _shape_stats(np.where(big[cc], cc, 0), n_cc)
+        cc_elong[big] = elong_big[big]
     not_nuclei = (cc_area_um2 > MAX_CLUMP_NUCLEI * cfg.nucleus_max_area_um2) | (
         (cc_area_um2 > cfg.nucleus_max_area_um2) & (cc_elong > 2 * cfg.nucleus_max_elongation)
     )
