@@ -226,22 +226,26 @@ def find_nuclei(
     seeds_per_cc[not_nuclei] = 0
     multi = seeds_per_cc > 1
     if multi.any():
-        # each pixel of a multi-seed blob joins its nearest seed (a distance-based split: no
-        # plateau artefacts; the cut falls where two round nuclei touch), one pass for the image
-        seed_mask = (pk > 0) & multi[cc]
-        _, near = cv2.distanceTransformWithLabels(
-            (~seed_mask).astype(np.uint8),
-            cv2.DIST_L2,
-            cv2.DIST_MASK_5,
-            labelType=cv2.DIST_LABEL_PIXEL,
-        )
-        sy, sx = np.nonzero(seed_mask)
-        seed_of = np.zeros(int(near.max()) + 1, np.int32)
-        seed_of[near[sy, sx]] = pk[sy, sx]
-        nearest = seed_of[near]  # peak id of the nearest seed
-        # only a seed of the pixel's own blob may take it (not one across a gap)
-        take = multi[cc] & (pk_cc[nearest] == cc)
-        labels = np.where(take, n_cc + nearest, cc).astype(np.int32)
+        # each pixel of a multi-seed blob joins its nearest seed of the same blob (a distance-
+        # based split: no plateau artefacts; the cut falls where two round nuclei touch),
+        # computed in the blob's bounding box
+        for c in np.flatnonzero(multi):
+            x, y = int(cc_stats[c, cv2.CC_STAT_LEFT]), int(cc_stats[c, cv2.CC_STAT_TOP])
+            w, h = int(cc_stats[c, cv2.CC_STAT_WIDTH]), int(cc_stats[c, cv2.CC_STAT_HEIGHT])
+            sl = (slice(y, y + h), slice(x, x + w))
+            own = cc[sl] == c
+            seeds = np.where(own, pk[sl], 0)
+            _, near = cv2.distanceTransformWithLabels(
+                (seeds == 0).astype(np.uint8),
+                cv2.DIST_L2,
+                cv2.DIST_MASK_5,
+                labelType=cv2.DIST_LABEL_PIXEL,
+            )
+            sy, sx = np.nonzero(seeds)
+            seed_of = np.zeros(int(near.max()) + 1, np.int32)
+            seed_of[near[sy, sx]] = seeds[sy, sx]
+            sub = labels[sl]
+            sub[own] = n_cc + seed_of[near][own]
         next_label = n_cc + n_pk
     return _filter_nuclei(labels, next_label, mpp, cfg)
 
