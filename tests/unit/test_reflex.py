@@ -208,3 +208,20 @@ def test_policy_never_flags_more_than_the_equivocal_calls_need_when_capped() -> 
     assert pol.threshold == 1.0
     assert pol.validation["fraction_flagged"] == 0.75
     assert "capped" in pol.validation["why"]
+
+
+def test_too_few_validation_tiles_keep_t_one_and_say_why() -> None:
+    import pandas as pd
+
+    from her2scope.evaluate.calibration import fit_calibration
+
+    probs, y = _overconfident(12)
+    tiles = pd.DataFrame({"slide_id": ["S1"] * 6 + ["S2"] * 6, "label": [CLASSES[i] for i in y]})
+    cal = fit_calibration(probs, tiles, CLASSES, "mean", 10.0)
+    assert cal.temperature == 1.0 and "only 12 validation tiles" in cal.note
+    assert cal.ece_after == pytest.approx(cal.ece_before, rel=1e-9)
+    probs, y = _overconfident(300)
+    tiles = pd.DataFrame({"slide_id": [f"S{i % 5}" for i in range(300)],
+                          "label": [CLASSES[i] for i in y]})  # fmt: skip
+    cal = fit_calibration(probs, tiles, CLASSES, "mean", 10.0)
+    assert cal.temperature > 1.5 and cal.note == "" and cal.ece_after < cal.ece_before

@@ -22,6 +22,8 @@ from her2scope.errors import ConfigError
 CALIBRATION_FILE = "calibration.json"
 #: Temperatures searched (log-uniform bounds); a fit at a bound is reported as such.
 T_BOUNDS = (0.05, 20.0)
+#: Fewer validation tiles than this: no temperature is fitted (T = 1), the reason is recorded.
+MIN_CALIBRATION_TILES = 30
 #: The HER2 score that is equivocal under ASCO/CAP.
 EQUIVOCAL_SCORE = "2+"
 
@@ -235,6 +237,7 @@ class Calibration:
     n_val_tiles: int
     policy: ReflexPolicy
     level: str = "tile"  # temperature fitted on tiles; ECE reported on the same tiles
+    note: str = ""  # why T = 1 was kept, or that the fit hit a search bound
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -264,7 +267,7 @@ class Calibration:
             raise ConfigError(f"'{source}': temperature {t} must be a positive number")
         return cls(
             t, d.get("ece_before"), d.get("ece_after"), int(d.get("n_val_tiles", 0)), policy,
-            str(d.get("level", "tile")),
+            str(d.get("level", "tile")), str(d.get("note", "")),
         )  # fmt: skip
 
 
@@ -313,7 +316,20 @@ def fit_calibration(
 
     classes = list(classes)
     y = np.array([classes.index(str(v)) for v in tiles["label"]], np.int64)
-    t = fit_temperature(tile_probs, y)
+    note = ""
+    if len(y) < MIN_CALIBRATION_TILES:
+        t = 1.0
+        note = (
+            f"only {len(y)} validation tiles (< {MIN_CALIBRATION_TILES}): no temperature fitted, "
+            "T = 1"
+        )
+    else:
+        t = fit_temperature(tile_probs, y)
+        if min(abs(math.log(t / b)) for b in T_BOUNDS) < 1e-2:
+            note = (
+                f"temperature {t:.3g} at the search bound {T_BOUNDS}: the model is close to "
+                "chance (T high) or certain (T low) on validation; calibration is unreliable"
+            )
     cal = apply_temperature(tile_probs, t)
     before, after = ece(y, tile_probs, classes, n_bins), ece(y, cal, classes, n_bins)
     slide_ids = np.asarray(tiles["slide_id"]).astype(str)
@@ -327,4 +343,4 @@ def fit_calibration(
         np.array(sp), np.array(sy), np.array(spred), classes, target_catch, max_flag_frac,
         equivocal_mass,
     )  # fmt: skip
-    return Calibration(t, before, after, len(y), policy)
+    return Calibration(t, before, after, len(y), policy, note=note)

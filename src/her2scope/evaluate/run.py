@@ -235,6 +235,7 @@ def calibration_summary(
         if cal.level != "none"
         else "none: the run has no calibration.json (T = 1)",
         "temperature": cal.temperature,
+        "note": cal.note,
         "validation": {
             "ece_tile_before": cal.ece_before,
             "ece_tile_after": cal.ece_after,

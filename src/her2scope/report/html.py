@@ -447,7 +447,8 @@ def _calibration_html(cal: Any) -> str:
     here = cal.get("this_split") or {}
     rf = cal.get("reflex") or {}
     rows = [
-        ["temperature T", _fmt(cal.get("temperature")), cal.get("method", "")],
+        ["temperature T", _fmt(cal.get("temperature")),
+         " ".join(x for x in (cal.get("method", ""), cal.get("note", "")) if x)],
         ["ECE, validation tiles (before → after)",
          f"{_fmt(val.get('ece_tile_before'))} → {_fmt(val.get('ece_tile_after'))}",
          f"{val.get('n_tiles', 0)} tiles"],
