@@ -305,9 +305,7 @@ def _training_dab_stats(meta: Any, run_dir: Path, per_slide: int = 8) -> list[fl
     train_ids = set(splits.loc[splits["split"] == "train", "slide_id"])
     tiles = pd.read_parquet(table)
     tiles = tiles[tiles["slide_id"].isin(train_ids)]
-    tiles = tiles.groupby("slide_id", group_keys=False).apply(
-        lambda g: g.sample(min(len(g), per_slide), random_state=0)
-    )
+    tiles = tiles.sample(frac=1.0, random_state=0).groupby("slide_id").head(per_slide)
     norms: dict[str, Any] = {}
     if meta.config.stain.mode != "none":
         from her2scope.stain import load_normalizers
