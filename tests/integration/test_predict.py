@@ -287,7 +287,8 @@ def test_qc_gates_refuse_what_the_model_was_not_trained_on(
     assert rep.ok, rep.failures  # refusals are not errors
     assert s.loc["ihc", "status"] == "ok" and bool(s.loc["ihc", "qc_passed"])
     expected_failures = {
-        "coarse": {"resolution"},  # 1.0 µm/px slide, model trained on 0.5 µm/px tiles
+        # 1.0 µm/px slide, model trained on 0.5 µm/px tiles
+        "coarse": {"resolution", "scan_resolution"},
         "ycbcr": {"background_neutral"},
         "small": {"tumour_tiles"},
     }
@@ -301,7 +302,7 @@ def test_qc_gates_refuse_what_the_model_was_not_trained_on(
         "stain_dab_angle",
         "stain_dab_vs_eosin_margin",
     }
-    assert set(s.loc["coarse", "qc_failed_checks"].split(";")) == {"resolution"}
+    assert set(s.loc["coarse", "qc_failed_checks"].split(";")) == {"resolution", "scan_resolution"}
 
     ok = _doc(out, "ihc")
     assert ok["status"] == "ok" and ok["qc_passed"] is True and ok["qc_forced"] is False
@@ -312,6 +313,7 @@ def test_qc_gates_refuse_what_the_model_was_not_trained_on(
         "stain_third_stain",
         "background_neutral",
         "resolution",
+        "scan_resolution",
         "tumour_tiles",
         "stain_fit",
     ]
@@ -339,10 +341,10 @@ def test_force_scores_a_failed_slide_and_keeps_the_failed_checks(
     rep = score_slides([qc_slides["coarse"]], tiny_scoring_run, tmp_path, force=True)
     row = rep.summary.iloc[0]
     assert row["status"] == "ok" and row["score"] in CLASSES
-    assert not bool(row["qc_passed"]) and row["qc_failed_checks"] == "resolution"
+    assert not bool(row["qc_passed"]) and row["qc_failed_checks"] == "resolution;scan_resolution"
     doc = _doc(tmp_path, "coarse")
     assert doc["qc_forced"] is True and doc["qc_passed"] is False
-    assert [c["check"] for c in doc["qc"] if not c["passed"]] == ["resolution"]
+    assert [c["check"] for c in doc["qc"] if not c["passed"]] == ["resolution", "scan_resolution"]
 
 
 def test_predict_uses_the_runs_calibration_and_reflex_policy(

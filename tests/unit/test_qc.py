@@ -179,3 +179,13 @@ def test_check_serialises_to_the_documented_keys() -> None:
     d = check_tiles(3, QCConfig()).to_dict()
     assert set(d) == {"check", "value", "threshold", "passed", "detail"}
     assert d["check"] == "tumour_tiles" and d["value"] == 3.0 and d["passed"] is False
+
+
+def test_a_scan_coarser_than_training_is_refused_even_when_tiles_match() -> None:
+    from her2scope.scoring.qc import check_scan_resolution
+
+    cfg = QCConfig()
+    assert check_scan_resolution(0.25, 0.5, cfg).passed  # 40x scan for a 20x run: fine
+    assert check_scan_resolution(0.5, 1.0, cfg).passed
+    bad = check_scan_resolution(1.0, 0.5, cfg)  # 10x scan tiled up to 0.5 µm/px
+    assert not bad.passed and bad.value == pytest.approx(1.0) and "upsampled" in bad.detail

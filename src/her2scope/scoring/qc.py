@@ -186,6 +186,27 @@ def check_resolution(tile_mpp: float, train_mpp: float | None, cfg: QCConfig) ->
     return QCCheck("resolution", rel, cfg.max_mpp_rel_diff, ok, detail)
 
 
+def check_scan_resolution(slide_mpp: float, train_mpp: float | None, cfg: QCConfig) -> QCCheck:
+    """The scan must not be coarser than the training tiles (tiles upsampled from it lack detail).
+
+    Value: ``slide_mpp / train_mpp − 1`` (negative: a finer scan, which is fine).
+    """
+    if train_mpp is None or not math.isfinite(train_mpp) or train_mpp <= 0:
+        return QCCheck(
+            "scan_resolution", None, cfg.max_mpp_rel_diff, False,
+            f"scan at {slide_mpp:.4g} µm/px but the run does not record its training µm/px",
+        )  # fmt: skip
+    rel = slide_mpp / train_mpp - 1.0
+    ok = rel <= cfg.max_mpp_rel_diff
+    detail = f"scanned at {slide_mpp:.4g} µm/px, training tiles at {train_mpp:.4g} µm/px"
+    if not ok:
+        detail += (
+            f": the scan is {rel:.0%} coarser, its tiles would be upsampled and lack the detail "
+            "the model was trained on; rescan at a higher magnification"
+        )
+    return QCCheck("scan_resolution", rel, cfg.max_mpp_rel_diff, ok, detail)
+
+
 def check_tiles(n_tiles: int, cfg: QCConfig) -> QCCheck:
     ok = n_tiles >= cfg.min_tiles
     detail = f"{n_tiles} tumour tile(s) (need >= {cfg.min_tiles})"
@@ -216,13 +237,15 @@ def run_checks(
     tiles: Any,
     train_mpp: float | None,
     cfg: QCConfig,
+    slide_mpp: float | None = None,
 ) -> list[QCCheck]:
     """Every gate for one slide, in a fixed order.
 
     ``fitted`` is the slide's fitted :class:`~her2scope.stain.StainNormalizer` (read for its stain
     vectors even when the run does not normalise, ``normalises=False``), ``images`` the tiles it
     was fitted on; ``thumbnail`` an RGB
-    overview of the whole slide; ``tiles`` the slide's tile table (``mpp`` column).
+    overview of the whole slide; ``tiles`` the slide's tile table (``mpp`` column);
+    ``slide_mpp`` the scan's level-0 µm/px (None: the scan check is skipped).
     """
     matrix = None if fitted is None else fitted.stain_matrix
     reason = "" if fitted is None else fitted.reason
@@ -234,6 +257,8 @@ def run_checks(
     checks.append(check_background(thumbnail, cfg))
     tile_mpp = float(np.median(np.asarray(tiles["mpp"], np.float64)))
     checks.append(check_resolution(tile_mpp, train_mpp, cfg))
+    if slide_mpp is not None:
+        checks.append(check_scan_resolution(float(slide_mpp), train_mpp, cfg))
     checks.append(check_tiles(len(tiles), cfg))
     if normalises:
         frac = 1.0 if fitted is None or fitted.passthrough else 0.0

@@ -353,7 +353,10 @@ def slide_qc(
     with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
         thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
         w0, _ = slide.dimensions
-    checks = run_checks(fitted, fit_images, cfg.stain.mode != "none", thumb, tiles, train_mpp, qc)
+    checks = run_checks(
+        fitted, fit_images, cfg.stain.mode != "none", thumb, tiles, train_mpp, qc,
+        slide_mpp=sidecar.get("mpp_x"),
+    )  # fmt: skip
     return SlideQC(tiles, sidecar, fitted, thumb, int(w0), checks)
 
 
