@@ -68,8 +68,9 @@ def compare_runs(
     Columns: model, n patients, macro-AUC with CI, per-class AUC, accuracy, macro-F1, quadratic
     kappa (all at ``level``), and the paired bootstrap difference of macro-AUC against the run with
     the highest macro-AUC (CI and two-sided p-value). ``n_boot``/``seed`` default to the first run's
-    bootstrap settings. Raises ``ConfigError`` for an unevaluated run, runs with different classes,
-    or runs sharing no patients.
+    bootstrap settings. Runs sharing no patients (leave-one-centre-out folds) are listed without
+    the paired columns. Raises ``ConfigError`` for an unevaluated run or runs with different
+    classes.
     """
     from her2scope._io import write_text, write_with
 
@@ -104,11 +105,11 @@ def compare_runs(
 
     # paired bootstrap of macro-AUC against the best run, on shared patients
     values = [r["_macro_auc_value"] for r in rows]
-    if len(dirs) > 1 and any(v is not None for v in values):
+    shared = sorted(set.intersection(*(set(p["patient_id"].astype(str)) for _, p in loaded)))
+    # runs on disjoint test sets (leave-one-centre-out folds: one row per held-out centre) are
+    # listed with their own CIs and not paired
+    if len(dirs) > 1 and shared and any(v is not None for v in values):
         best = max(range(len(values)), key=lambda i: -1.0 if values[i] is None else values[i])
-        shared = sorted(set.intersection(*(set(p["patient_id"].astype(str)) for _, p in loaded)))
-        if not shared:
-            raise ConfigError("the runs share no patients; a paired comparison is impossible")
         stats = []
         for res, (_, pred) in zip(results, loaded, strict=True):
             agg = res.get("aggregation", {})
@@ -149,6 +150,11 @@ def compare_runs(
         f"Values: point estimate [{int(100 * boot.get('ci', 0.95))} % CI, bootstrap over patients, "
         f"{n_boot} resamples, seed {seed}].",
     ]
+    if len(dirs) > 1 and not shared:
+        lines.append(
+            "The runs share no patients (e.g. leave-one-centre-out folds): each row is its own "
+            "test set, with its own CIs; no paired comparison."
+        )
     if n_shared is not None:
         lines.append(
             f"Δ macro-AUC: paired patient bootstrap against the best run on the {n_shared} "
