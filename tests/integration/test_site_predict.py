@@ -52,6 +52,9 @@ def test_calibrate_then_predict_center_round_trip(site_setup, tmp_path: Path) ->
     assert stored["dab_scale"] == rec["dab_scale"]
     with pytest.raises(ConfigError, match="no slide of centre 'Z'"):
         calibrate_site(run, d / "site.csv", "Z")
+    uns = calibrate_site(run, d / "site.csv", "C", unsupervised=True)
+    assert uns["method"] == "unsupervised_dab_quantile" and uns["dab_scale"] > 0
+    assert "grade mix" in uns["assumption"]  # the assumption travels with the factor
 
     # a large stored factor must move the slide's probabilities, and is recorded
     save_site(run, "C", {"dab_scale": 4.0, "method": "test"})
