@@ -23,6 +23,7 @@ T = TypeVar("T")
 
 def _stage_configs() -> dict[str, type]:
     # Imported lazily so that `import her2scope.config` stays cheap and free of cycles.
+    from her2scope.cells.config import CellConfig
     from her2scope.cohort.config import CohortConfig
     from her2scope.engine.config import TrainConfig
     from her2scope.evaluate.config import EvaluateConfig
@@ -37,6 +38,7 @@ def _stage_configs() -> dict[str, type]:
         "train": TrainConfig,
         "evaluate": EvaluateConfig,
         "explain": ExplainConfig,
+        "cells": CellConfig,
     }
 
 
@@ -57,6 +59,7 @@ class RunConfig:
     train: Any = _default("train")
     evaluate: Any = _default("evaluate")
     explain: Any = _default("explain")
+    cells: Any = _default("cells")
 
 
 def check_range(

@@ -1,10 +1,12 @@
-"""The whole protocol as one resumable job: tile → stain → train → evaluate → compare → explain → report.
+"""The whole protocol as one resumable job: tile → stain → train → evaluate → compare → explain →
+cells (when ``cells.enabled``) → report.
 
 ``run_pipeline(cfg)`` writes into ``cfg.out_dir``::
 
     tiles/            tiles.parquet, slides/<slide_id>.json, qc/, tiling_report.json
     runs/<model>/     one training run per model (checkpoints, results.json, plots, explain/)
     compare/          comparison.csv / comparison.md over the models
+    cells/            cell-rule scoring of the test split beside the first model (cells.enabled)
     report.html       the self-contained study report
     timings.json      seconds per stage of the last invocation
     .stamps/          one small JSON per finished stage (and per model for train/evaluate/explain)
@@ -38,7 +40,16 @@ from her2scope.errors import ConfigError, Her2ScopeError
 log = logging.getLogger(__name__)
 
 #: The stages in run order; names accepted by ``force`` (and ``her2scope run --force``).
-STAGES: tuple[str, ...] = ("tile", "stain", "train", "evaluate", "compare", "explain", "report")
+STAGES: tuple[str, ...] = (
+    "tile",
+    "stain",
+    "train",
+    "evaluate",
+    "compare",
+    "explain",
+    "cells",
+    "report",
+)
 
 
 @dataclass
@@ -357,7 +368,30 @@ def _run_pipeline(
             fatal=False,
         )
 
-    # 7. report (always rebuilt: it is cheap and reads everything above) ----------------------
+    # 7. cell-level ASCO/CAP scoring of the evaluated split, beside the first model's CNN -------
+    if cfg.cells.enabled and evaluated:
+        first = evaluated[0]
+        cells_hash = _digest(
+            {
+                "up": [stamps.token("stain"), stamps.token("evaluate", first)],
+                "model": first,
+                "cells": to_dict(cfg.cells),
+                "split": cfg.evaluate.split,
+                "aggregate": [cfg.evaluate.aggregate, cfg.evaluate.percent_threshold],
+            }
+        )
+        step(
+            "cells",
+            None,
+            cells_hash,
+            [out / "cells" / "cells_agreement.json"],
+            lambda: _run_cells(
+                manifest, result.run_dirs[first], tiles_dir, out / "cells", cfg, n_workers
+            ),
+            fatal=False,
+        )
+
+    # 8. report (always rebuilt: it is cheap and reads everything above) ----------------------
     _write_timings(out, result)
     report_path = out / "report.html"
 
@@ -504,6 +538,30 @@ def _run_compare(run_dirs: list[Path], out_dir: Path) -> None:
     from her2scope.evaluate.compare import compare_runs
 
     compare_runs(run_dirs, out_dir)
+
+
+def _run_cells(
+    manifest: Path, run_dir: Path, tiles_dir: Path, out: Path, cfg: RunConfig, workers: int
+) -> None:
+    from her2scope.cells.stage import run_cells_stage
+    from her2scope.cohort.manifest import load_manifest
+
+    manifest_df = load_manifest(
+        manifest, cfg.cohort.label_scheme, allow_absolute=cfg.cohort.allow_absolute_paths
+    )
+    agreement = run_cells_stage(
+        manifest_df,
+        run_dir,
+        tiles_dir,
+        out,
+        cfg.cells,
+        split=cfg.evaluate.split,
+        aggregate_rule=cfg.evaluate.aggregate,
+        percent_threshold=cfg.evaluate.percent_threshold,
+        workers=workers,
+    )
+    for line in agreement["failures"]:
+        log.warning("cells: slide %s", line)
 
 
 def _run_explain(run_dir: Path, cfg: RunConfig) -> None:

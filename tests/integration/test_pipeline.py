@@ -51,6 +51,7 @@ def test_first_run_writes_every_output(piped: tuple[RunConfig, object]) -> None:
         ("evaluate", "ok"),
         ("compare", "ok"),
         ("explain", "ok"),
+        ("cells", "ok"),
         ("report", "ok"),
     ]
     # the test split is exactly centre B
@@ -58,6 +59,42 @@ def test_first_run_writes_every_output(piped: tuple[RunConfig, object]) -> None:
     assert set(pred["center"]) == {"B"}
     splits = pd.read_csv(run / "splits.csv")
     assert set(splits.loc[splits["split"] == "test", "center"]) == {"B"}
+
+
+def test_cells_stage_scores_the_test_slides_beside_the_cnn(piped: tuple[RunConfig, object]) -> None:
+    """cells.enabled: every test slide gets the cell outputs; the agreement file pairs each
+    slide's cell-rule call with the CNN's slide call (the evaluate stage's own aggregation)."""
+    from her2scope.cells.fit import label_index
+    from her2scope.evaluate.aggregate import aggregate
+
+    cfg, _ = piped
+    out = Path(cfg.out_dir)
+    run = out / "runs" / "alexnet"
+    splits = pd.read_csv(run / "splits.csv")
+    test_ids = sorted(splits.loc[splits["split"] == "test", "slide_id"])
+    summary = pd.read_csv(out / "cells" / "cells_summary.csv")
+    assert sorted(summary["slide_id"]) == test_ids
+    assert (summary["status"] == "ok").all(), summary
+    for sid in test_ids:
+        for suffix in (".cells.parquet", ".cells.json", ".cells.geojson", ".cells.png"):
+            assert (out / "cells" / f"{sid}{suffix}").is_file(), (sid, suffix)
+    agreement = json.loads((out / "cells" / "cells_agreement.json").read_text())
+    pred = pd.read_parquet(run / "predictions.parquet")
+    classes = [c[len("prob_") :] for c in pred.columns if c.startswith("prob_")]
+    slides = aggregate(pred, "slide_id", cfg.evaluate.aggregate, classes)
+    expected_cnn = dict(zip(slides["slide_id"], slides["pred"], strict=True))
+    assert dict(zip(summary["slide_id"], summary["cnn_score"], strict=True)) == expected_cnn
+    table = agreement["cnn_vs_cells"]
+    comparable = summary["cell_score"].notna()
+    assert table["n_slides"] == int(comparable.sum())
+    conf = table["confusion"]
+    for r in summary[comparable].itertuples():
+        assert conf[label_index(r.cnn_score)][label_index(r.cell_score)] >= 1
+    assert sum(map(sum, conf)) == table["n_slides"]
+    assert agreement["cells_vs_label"]["n_slides"] == table["n_slides"]
+    n_review = int(summary["review"].sum())
+    assert len(agreement["review"]) == n_review
+    assert n_review == int((summary["cnn_score"] != summary["cell_score"]).sum())
 
 
 def test_second_run_skips_and_keeps_outputs(piped: tuple[RunConfig, object]) -> None:
@@ -68,7 +105,7 @@ def test_second_run_skips_and_keeps_outputs(piped: tuple[RunConfig, object]) -> 
     before = {p: (run / p).read_bytes() for p in ("checkpoints/best.pt", "results.json")}
     res = run_pipeline(cfg, workers=1)
     assert res.ok
-    assert [t.status for t in res.timings] == ["skipped"] * 6 + ["ok"]
+    assert [t.status for t in res.timings] == ["skipped"] * 7 + ["ok"]  # report: always
     assert {p: (run / p).read_bytes() for p in before} == before
 
 

@@ -15,7 +15,8 @@ _CACHE: dict[str, tuple[RunConfig, object]] = {}
 
 
 def tiny_pipeline_config(manifest: Path, out_dir: Path) -> RunConfig:
-    """AlexNet at 64 px, 1 epoch, random init; centre A train/val, centre B test. SYNTHETIC."""
+    """AlexNet at 64 px, 1 epoch, random init; centre A train/val, centre B test; cell scoring of
+    the test slides. SYNTHETIC."""
     return apply_overrides(
         RunConfig(synthetic=True),
         [
@@ -36,6 +37,7 @@ def tiny_pipeline_config(manifest: Path, out_dir: Path) -> RunConfig:
             "evaluate.n_boot=100",
             "explain.n_tiles=2",
             "explain.heatmap_max_px=256",
+            "cells.enabled=true",
         ],
     )
 

@@ -25,6 +25,7 @@ class CellConfig:
     with ``her2scope cells fit``.
     """
 
+    enabled: bool = False  # `her2scope run`: score the cells of the test split beside the CNN
     # reading
     target_mpp: float = 0.5  # µm/px the slide is analysed at
     region_um: float = 1024.0  # side of one read region (bounded memory)

@@ -38,9 +38,17 @@ def reconcile(cell_summary: dict[str, Any], predict_dir: str | Path) -> dict[str
     except (OSError, ValueError) as exc:
         return {"source": str(path), "comparable": False, "reason": f"unreadable ({exc})"}
     cnn = pred.get("score") if isinstance(pred, dict) else None
+    return reconcile_call(cell_summary, cnn, str(path))
+
+
+def reconcile_call(cell_summary: dict[str, Any], cnn: str | None, source: str) -> dict[str, Any]:
+    """The reconciliation record of one slide's cell-rule call with a CNN score (None: unscored).
+
+    ``source`` says where the CNN score came from (a predict JSON, a run's predictions).
+    """
     cell = cell_summary.get("score")
     rec: dict[str, Any] = {
-        "source": str(path),
+        "source": source,
         "cnn_score": cnn,
         "cell_call": cell_summary.get("call"),
     }

@@ -228,6 +228,7 @@ def score_slide_cells(
     tiles_dir: str | Path | None = None,
     mpp: float | None = None,
     roi_classes: Sequence[str] | None = None,
+    slide_id: str | None = None,
 ) -> dict[str, Any]:
     """Find, measure and class the cells of one slide inside its ROI; write the four outputs.
 
@@ -247,7 +248,7 @@ def score_slide_cells(
 
     cfg = cfg or CellConfig()
     slide_path = Path(slide_path)
-    slide_id = slide_id_of(slide_path)
+    slide_id = slide_id or slide_id_of(slide_path)  # a manifest's id, else the file's
     tiles = Path(tiles_dir) if tiles_dir is not None else None
     outs = output_paths(out_dir, slide_id)
     sidecar = tiles / "slides" / f"{slide_id}.json" if tiles is not None else None

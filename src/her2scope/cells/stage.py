@@ -1,0 +1,170 @@
+"""The cell-scoring stage of ``her2scope run`` (``cells.enabled: true``): the ASCO/CAP cell rules
+on the slides of one split, beside the CNN, with the agreement of both with the labels.
+
+Reads the manifest (slides, ROIs, µm/px), the run's ``splits.csv`` and ``predictions.parquet``
+(tile probabilities, aggregated to slides by the evaluate stage's own rule), and the tiling's stain
+sidecars (the slide's fitted vectors). Writes into ``OUT/cells/`` the per-slide cell outputs of
+:func:`her2scope.cells.slide.score_slide_cells`, ``cells_summary.csv`` and
+``cells_agreement.json``: CNN vs cell rules (confusion, quadratic κ, slides to review) and each
+of them vs the labels. A slide that fails is listed with its reason; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2scope._io import atomic_open, write_json
+from her2scope.cells.classify import PATTERNS
+from her2scope.cells.config import CellConfig
+from her2scope.cells.fit import label_index, quadratic_kappa
+from her2scope.cells.reconcile import GRADES, agreement_table, reconcile_call
+from her2scope.cells.slide import AGREEMENT_JSON, SUMMARY_CSV, score_slide_cells
+from her2scope.errors import Her2ScopeError, describe_exception
+
+log = logging.getLogger(__name__)
+
+
+def _score_job(job: dict[str, Any]) -> dict[str, Any] | Her2ScopeError:
+    cfg = CellConfig(**job.pop("cfg"))
+    try:
+        return score_slide_cells(cfg=cfg, **job)
+    except Her2ScopeError as exc:
+        return exc
+    except Exception as exc:  # a bug or a library failure: this slide fails, the others go on
+        log.debug("cells: slide %s", job.get("slide_id"), exc_info=True)
+        return Her2ScopeError(describe_exception(exc))
+
+
+def _grade_table(pairs: list[tuple[int, int]], rows: str, columns: str) -> dict[str, Any]:
+    conf = np.zeros((len(GRADES), len(GRADES)), int)
+    for r, c in pairs:
+        conf[r, c] += 1
+    n = len(pairs)
+    return {
+        "n_slides": n,
+        "order": list(GRADES),
+        "rows": rows,
+        "columns": columns,
+        "confusion": conf.tolist(),
+        "agreement": float(np.trace(conf) / n) if n else None,
+        "kappa_quadratic": quadratic_kappa([r for r, _ in pairs], [c for _, c in pairs], 4)
+        if n
+        else None,
+    }
+
+
+def run_cells_stage(
+    manifest_df: Any,
+    run_dir: str | Path,
+    tiles_dir: str | Path,
+    out_dir: str | Path,
+    cfg: CellConfig,
+    split: str = "test",
+    aggregate_rule: str = "mean",
+    percent_threshold: float = 10.0,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """Score the cells of the ``split`` slides of ``run_dir`` and reconcile them with its CNN.
+
+    ``manifest_df`` is the validated manifest (:func:`her2scope.cohort.manifest.load_manifest`:
+    absolute ``slide_path``/``roi_path``). Returns the agreement object written to
+    ``cells_agreement.json``. Raises :class:`Her2ScopeError` when every slide failed.
+    """
+    import pandas as pd
+
+    from her2scope.cohort.splits import read_splits
+    from her2scope.evaluate.aggregate import aggregate
+
+    run_dir, out = Path(run_dir), Path(out_dir)
+    splits = read_splits(run_dir / "splits.csv")
+    wanted = set(splits.loc[splits["split"] == split, "slide_id"])
+    rows = manifest_df[manifest_df["slide_id"].isin(wanted)].sort_values("slide_id")
+    if rows.empty:
+        raise Her2ScopeError(f"cells: no slide of split '{split}' in {run_dir / 'splits.csv'}")
+
+    pred = pd.read_parquet(run_dir / "predictions.parquet")
+    classes = [c[len("prob_") :] for c in pred.columns if c.startswith("prob_")]
+    slides = aggregate(pred, "slide_id", aggregate_rule, classes, percent_threshold)  # type: ignore[arg-type]
+    cnn_call = dict(zip(slides["slide_id"], slides["pred"], strict=True))
+
+    jobs = []
+    for r in rows.itertuples(index=False):
+        mpp = getattr(r, "mpp", None)
+        jobs.append(
+            {
+                "slide_path": r.slide_path,
+                "out_dir": str(out),
+                "roi_path": (getattr(r, "roi_path", "") or None),
+                "cfg": cfg.__dict__.copy(),
+                "tiles_dir": str(tiles_dir),
+                "mpp": float(mpp) if mpp not in (None, "") and pd.notna(mpp) else None,
+                "slide_id": r.slide_id,
+            }
+        )
+    n_workers = max(1, min(int(workers), len(jobs)))
+    if n_workers > 1:
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            results = list(pool.map(_score_job, jobs))
+    else:
+        results = [_score_job(j) for j in jobs]
+
+    summary, recs, failures = [], [], []
+    label_pairs_cells, label_pairs_cnn = [], []
+    for r, res in zip(rows.itertuples(index=False), results, strict=True):
+        if isinstance(res, Exception):
+            failures.append(f"{r.slide_id}: {res}")
+            summary.append({"slide_id": r.slide_id, "status": "failed", "error": str(res)})
+            continue
+        rec = reconcile_call(res, cnn_call.get(r.slide_id), str(run_dir / "predictions.parquet"))
+        recs.append(rec)
+        truth = label_index(str(r.label))
+        if truth is not None and rec.get("comparable"):
+            label_pairs_cells.append((truth, label_index(str(rec["cell_call"]))))
+        cnn_idx = None if rec.get("cnn_score") is None else label_index(str(rec["cnn_score"]))
+        if truth is not None and cnn_idx is not None:
+            label_pairs_cnn.append((truth, cnn_idx))
+        fractions = res.get("pattern_fraction") or {}
+        summary.append(
+            {
+                "slide_id": r.slide_id,
+                "status": "ok",
+                "label": str(r.label),
+                "cell_call": res["call"],
+                "cell_score": res["score"],
+                "cnn_score": rec.get("cnn_score"),
+                "review": bool(rec.get("review")),
+                "n_cells": res["n_cells"],
+                "h_score": res["h_score"],
+                "borderline": res["borderline"],
+                **{f"pct_{p}": round(100 * fractions.get(p, 0.0), 3) for p in PATTERNS},
+                "rule": res["rule"],
+                "error": "",
+            }
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / SUMMARY_CSV) as fh:
+        pd.DataFrame(summary).to_csv(fh, index=False)
+    if not recs:
+        raise Her2ScopeError(
+            f"cells: every slide of split '{split}' failed ({'; '.join(failures[:5])})"
+        )
+    agreement = {
+        "split": split,
+        "run": str(run_dir.resolve()),
+        "cnn_vs_cells": agreement_table(recs),
+        "cells_vs_label": _grade_table(label_pairs_cells, "label", "cell-rule score"),
+        "cnn_vs_label": _grade_table(label_pairs_cnn, "label", "CNN score"),
+        "review": [
+            {"slide_id": s["slide_id"], "cnn_score": s["cnn_score"], "cell_call": s["cell_call"]}
+            for s in summary
+            if s.get("review")
+        ],
+        "failures": failures,
+    }
+    write_json(out / AGREEMENT_JSON, agreement)
+    return agreement
