@@ -130,7 +130,21 @@ def test_report_content_matches_the_results(piped: tuple[RunConfig, object]) -> 
     srcs = re.findall(r'<img src="([^"]+)"', html)
     plots = list((out / "runs" / "alexnet" / "plots").glob("*.png"))
     cams = list((out / "runs" / "alexnet" / "explain").rglob("*.png"))
-    assert len(srcs) == 1 + len(plots) + len(cams)  # raw-vs-normalised grid + plots + CAMs
+    cells = sorted((out / "cells").glob("*.cells.png"))[:4]
+    assert cells  # raw-vs-normalised grid + plots + CAMs + up to 4 cell overlays
+    assert len(srcs) == 1 + len(plots) + len(cams) + len(cells)
+    # the cells section: the three agreement tables with their κ, the review list
+    agreement = json.loads((out / "cells" / "cells_agreement.json").read_text())
+    for key, caption in (
+        ("cnn_vs_cells", "CNN vs cell rules"),
+        ("cells_vs_label", "Labels vs cell rules"),
+        ("cnn_vs_label", "Labels vs CNN"),
+    ):
+        t = agreement[key]
+        kappa = "—" if t["kappa_quadratic"] is None else f"{t['kappa_quadratic']:.3f}"
+        assert f"{caption}: {t['n_slides']} slide(s)" in html
+        assert f"quadratic κ {kappa}" in html
+    assert f"Slides to review ({len(agreement['review'])})" in html
     for src in srcs:
         assert re.match(r"data:image/(png|jpeg);base64,", src)
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:

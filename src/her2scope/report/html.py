@@ -563,6 +563,65 @@ def _explain_section(out_dir: Path, cfg: RunConfig) -> str:
     return "".join(parts)
 
 
+def _grade_table_html(table: dict[str, Any], caption: str) -> str:
+    order = table["order"]
+    rows = [
+        [f"{table['rows']} {g}", *row] for g, row in zip(order, table["confusion"], strict=True)
+    ]
+    head = [f"{table['rows']} \\ {table['columns']}", *order]
+    summary = (
+        f"{caption}: {table['n_slides']} slide(s), agreement {_fmt(table.get('agreement'))}, "
+        f"quadratic κ {_fmt(table.get('kappa_quadratic'))}"
+    )
+    return f"<p>{_e(summary)}</p>" + _table(head, rows)
+
+
+def _cells_section(out_dir: Path, cfg: RunConfig) -> str:
+    parts = ["<h2 id='cells'>Cells</h2>"]
+    cells_dir = out_dir / "cells"
+    agreement = _read_json(cells_dir / "cells_agreement.json")
+    if not cfg.cells.enabled and agreement is None:
+        parts.append(
+            "<p class='note'>Cell-level scoring by the ASCO/CAP rules is off "
+            "(cells.enabled: false); see docs/cells.md.</p>"
+        )
+        return "".join(parts)
+    if agreement is None:
+        parts.append(_missing("cell-level scoring", "the cells stage writes cells/"))
+        return "".join(parts)
+    parts.append(
+        "<p class='note'>Each test slide's cells scored by the ASCO/CAP membrane rules "
+        "(nuclei, membrane DAB OD and completeness; docs/cells.md), beside the CNN's slide call "
+        f"of {_e(Path(agreement.get('run', '')).name)}. A slide where the two calls differ is "
+        "listed for review. Grades 0 / 1+ / 2+ / 3+ (both kinds of 0 are 0).</p>"
+    )
+    parts.append(_grade_table_html(agreement["cnn_vs_cells"], "CNN vs cell rules"))
+    parts.append(_grade_table_html(agreement["cells_vs_label"], "Labels vs cell rules"))
+    parts.append(_grade_table_html(agreement["cnn_vs_label"], "Labels vs CNN"))
+    review = agreement.get("review") or []
+    parts.append(f"<h3>Slides to review ({len(review)})</h3>")
+    if review:
+        parts.append(
+            _table(
+                ["slide", "CNN", "cell rules"],
+                [[r["slide_id"], r["cnn_score"], r["cell_call"]] for r in review],
+            )
+        )
+    for line in agreement.get("failures") or []:
+        parts.append(f"<p class='note'>Cell scoring failed: {_e(line)}</p>")
+    overlays = sorted(cells_dir.glob("*.cells.png"))[:4]
+    if overlays:
+        parts.append(
+            "<div class='figs'>"
+            + "".join(
+                _figure(p, f"cells of {p.name.removesuffix('.cells.png')}", 560, photo=True)
+                for p in overlays
+            )
+            + "</div>"
+        )
+    return "".join(parts)
+
+
 def reflex_table(pred: Any, cfg: RunConfig, policy: Any = None) -> Any:
     """Slides of a tile predictions table with score, probabilities and the reflex-FISH flag.
 
@@ -731,6 +790,7 @@ def render_report(out_dir: str | Path, cfg: RunConfig) -> str:
         _preprocessing_section,
         _results_section,
         _explain_section,
+        _cells_section,
         _provenance_section,
     ):
         try:
@@ -744,7 +804,7 @@ def render_report(out_dir: str | Path, cfg: RunConfig) -> str:
     models = ", ".join(cfg.train.models)
     nav = "".join(
         f"<a href='#{s}'>{s.capitalize()}</a>"
-        for s in ("cohort", "preprocessing", "results", "explanations", "provenance")
+        for s in ("cohort", "preprocessing", "results", "explanations", "cells", "provenance")
     )
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
