@@ -225,3 +225,26 @@ def test_too_few_validation_tiles_keep_t_one_and_say_why() -> None:
                           "label": [CLASSES[i] for i in y]})  # fmt: skip
     cal = fit_calibration(probs, tiles, CLASSES, "mean", 10.0)
     assert cal.temperature > 1.5 and cal.note == "" and cal.ece_after < cal.ece_before
+
+
+def test_a_temperature_that_does_not_lower_the_validation_ece_is_not_kept() -> None:
+    """Labels drawn from the reported probabilities themselves: already calibrated, so the NLL
+    fit lands near 1 and any ECE change is noise below MIN_ECE_GAIN; T = 1 is kept, said why,
+    and the ECE after equals the ECE before."""
+    import pandas as pd
+
+    from her2scope.evaluate.calibration import MIN_ECE_GAIN, fit_calibration
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.5, size=(2000, 3))
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(3, p=p) for p in probs])
+    t_fit = fit_temperature(probs, y)
+    gain = ece(y, probs, CLASSES) - ece(y, apply_temperature(probs, t_fit), CLASSES)
+    assert t_fit != 1.0 and gain < MIN_ECE_GAIN  # the case this test is about
+    tiles = pd.DataFrame({"slide_id": [f"S{i % 7}" for i in range(len(y))],
+                          "label": [CLASSES[i] for i in y]})  # fmt: skip
+    cal = fit_calibration(probs, tiles, CLASSES, "mean", 10.0)
+    assert cal.temperature == 1.0
+    assert "did not lower the validation ECE" in cal.note
+    assert cal.ece_after == cal.ece_before

@@ -24,6 +24,9 @@ CALIBRATION_FILE = "calibration.json"
 T_BOUNDS = (0.05, 20.0)
 #: Fewer validation tiles than this: no temperature is fitted (T = 1), the reason is recorded.
 MIN_CALIBRATION_TILES = 30
+#: A fitted temperature is kept only when it lowers the validation tile ECE by at least this much
+#: (a margin: a gain within rounding noise, or a loss, keeps T = 1).
+MIN_ECE_GAIN = 0.005
 #: The HER2 score that is equivocal under ASCO/CAP.
 EQUIVOCAL_SCORE = "2+"
 
@@ -332,6 +335,12 @@ def fit_calibration(
             )
     cal = apply_temperature(tile_probs, t)
     before, after = ece(y, tile_probs, classes, n_bins), ece(y, cal, classes, n_bins)
+    if t != 1.0 and not after <= before - MIN_ECE_GAIN:
+        note = (
+            f"the fitted temperature {t:.3g} (NLL) did not lower the validation ECE by "
+            f"{MIN_ECE_GAIN} ({before:.4f} -> {after:.4f}): T = 1 kept"
+        )
+        t, cal, after = 1.0, tile_probs, before
     slide_ids = np.asarray(tiles["slide_id"]).astype(str)
     sp, sy, spred = [], [], []
     for sid in dict.fromkeys(slide_ids):
