@@ -28,6 +28,7 @@ def _stage_configs() -> dict[str, type]:
     from her2scope.engine.config import TrainConfig
     from her2scope.evaluate.config import EvaluateConfig
     from her2scope.explain.config import ExplainConfig
+    from her2scope.scoring.qc import QCConfig
     from her2scope.stain.config import StainConfig
     from her2scope.tiling.config import TilingConfig
 
@@ -39,6 +40,7 @@ def _stage_configs() -> dict[str, type]:
         "evaluate": EvaluateConfig,
         "explain": ExplainConfig,
         "cells": CellConfig,
+        "qc": QCConfig,
     }
 
 
@@ -60,6 +62,7 @@ class RunConfig:
     evaluate: Any = _default("evaluate")
     explain: Any = _default("explain")
     cells: Any = _default("cells")
+    qc: Any = _default("qc")  # thresholds of predict's slide QC gates (her2scope.scoring.qc)
 
 
 def check_range(

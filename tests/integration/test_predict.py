@@ -347,6 +347,45 @@ def test_force_scores_a_failed_slide_and_keeps_the_failed_checks(
     assert [c["check"] for c in doc["qc"] if not c["passed"]] == ["resolution", "scan_resolution"]
 
 
+def test_qc_thresholds_come_from_the_run_config_and_qc_options(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """The 'small' slide fails tumour_tiles at the default minimum; `--qc min_tiles=N` with N
+    at most its tile count lets it through, the JSON shows the threshold used, and a bad
+    setting is a clear error before any work."""
+    from her2scope.cli import main
+
+    small = qc_slides["small"]
+
+    def args(out: Path, *extra: str) -> list[str]:
+        return ["predict", str(small), "--run", str(tiny_scoring_run), "--out", str(out), *extra]
+
+    first = tmp_path / "default"
+    with pytest.raises(SystemExit):  # exit 0 raises SystemExit(0) under typer
+        main(args(first))
+    doc = _doc(first, "small")
+    gate = next(c for c in doc["qc"] if c["check"] == "tumour_tiles")
+    assert doc["status"] == "qc_failed" and gate["passed"] is False
+    n_tiles = int(gate["value"])
+    assert gate["threshold"] > n_tiles >= 1
+
+    lowered = tmp_path / "lowered"
+    with pytest.raises(SystemExit) as exc:
+        main(args(lowered, "--qc", f"min_tiles={n_tiles}"))
+    assert exc.value.code in (0, None)
+    doc = _doc(lowered, "small")
+    gate = next(c for c in doc["qc"] if c["check"] == "tumour_tiles")
+    assert gate["passed"] is True and gate["threshold"] == n_tiles
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(args(tmp_path / "x", "--qc", "min_tiles=0"))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "min_tiles=0" in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "small.her2scope.json").exists()
+
+
 def test_predict_uses_the_runs_calibration_and_reflex_policy(
     tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -43,6 +43,13 @@ def predict(
         "--center",
         help="Apply this centre's site calibration (her2scope calibrate RUN --center NAME).",
     ),
+    qc_set: list[str] = typer.Option(
+        None,
+        "--qc",
+        help="KEY=VALUE: change one QC threshold for this call (e.g. --qc min_tiles=4); the "
+        "defaults are the run's config 'qc' section (docs/predict.md lists them).",
+        show_default=False,
+    ),
 ) -> None:
     """Score slides with a trained run: HER2 score, probabilities, uncertainty, reflex-FISH flag.
 
@@ -64,6 +71,7 @@ def predict(
     check_mpp("--mpp", mpp)
     check_device("--device", device)
     _check_run(run)
+    qc = _qc_thresholds(run, qc_set or [])
     with output_lock(out, clean_depth=0):  # --out may be the user's slide folder: no walk
         report = score_slides(
             slides,
@@ -77,6 +85,7 @@ def predict(
             batch_size=batch_size,
             force=force,
             center=center,
+            qc=qc,
         )
     s = report.summary
     n_ok = int((s["status"] == "ok").sum())
@@ -98,6 +107,21 @@ def predict(
         for path, msg in report.failures:
             typer.secho(f"  {path}: {msg}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+def _qc_thresholds(run: Path, settings: list[str]) -> object | None:
+    """The run's QC thresholds with ``--qc KEY=VALUE`` applied; None (the run's) when none given."""
+    if not settings:
+        return None
+    from her2scope.config import RunConfig, apply_overrides, load_config
+    from her2scope.errors import ConfigError
+
+    bad = [s for s in settings if "=" not in s or s.startswith("qc.")]
+    if bad:
+        raise ConfigError(f"--qc {bad[0]!r}: write KEY=VALUE, e.g. --qc min_tiles=4")
+    cfg_path = run / "config.yaml"
+    base = load_config(cfg_path) if cfg_path.is_file() else RunConfig()
+    return apply_overrides(base, [f"qc.{s}" for s in settings]).qc
 
 
 def explain(

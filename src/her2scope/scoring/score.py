@@ -216,7 +216,8 @@ def score_slides(
     used for slides whose file has none. A slide that fails is logged and listed in the summary
     (``status=failed``, ``error``); the others go on. A slide that fails a QC gate (``qc``
     thresholds, see :mod:`her2scope.scoring.qc`) gets ``status=qc_failed`` and no score, unless
-    ``force``: then it is scored and the failed checks stay in its JSON and the summary.
+    ``force``: then it is scored and the failed checks stay in its JSON and the summary. Without
+    ``qc``, the thresholds are the run's (its config's ``qc`` section, else the defaults).
     Probabilities are calibrated and the reflex flag follows the run's policy
     (``RUN/calibration.json``; a run without one uses T = 1 and ``evaluate.reflex_uncertainty``).
     """
@@ -260,7 +261,7 @@ def score_slides(
     ctx = _RunContext(
         calibration=load_calibration(run_dir, meta.config.evaluate.reflex_uncertainty),
         train_mpp=training_mpp(run_dir, meta),
-        qc=qc or QCConfig(),
+        qc=qc or getattr(meta.config, "qc", None) or QCConfig(),  # given, else the run's
         force=force,
         weights=load_run_provenance(run_dir).get("weights"),
         site=site,
