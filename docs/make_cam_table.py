@@ -24,102 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
-
-REGIONS = ("membrane", "nucleus", "cytoplasm", "stroma", "glass")
-
-
-def _region_masks(mask: np.ndarray, h_conc: np.ndarray) -> dict[str, np.ndarray]:
-    membrane = mask == 3
-    nucleus = (mask == 2) & (h_conc >= 0.3)
-    return {
-        "membrane": membrane,
-        "nucleus": nucleus,
-        "cytoplasm": (mask == 2) & ~nucleus,
-        "stroma": mask == 1,
-        "glass": mask == 0,
-    }
-
-
-def measure(
-    run_dir: Path, cohort_dir: Path, split: str = "test", tiles_per_slide: int = 12
-) -> dict[str, Any]:
-    """Region means and pointing game of both methods on the tiles of the run's ``split``."""
-    import cv2
-    import torch
-
-    from her2scope.data.dataset import TileDataset, to_model_input
-    from her2scope.engine.checkpoint import load_run_model
-    from her2scope.explain.gradcam import explain_maps, normalise_per_slide
-    from her2scope.stain import default_reference, load_normalizers
-    from her2scope.stain.macenko import od_lut
-
-    model, meta = load_run_model(run_dir, "best")
-    splits = pd.read_csv(run_dir / "splits.csv", dtype=str)
-    test = set(splits.loc[splits["split"] == split, "slide_id"])
-    tiles = pd.read_parquet(Path(meta.tiles_dir) / "tiles.parquet")
-    tiles = tiles[tiles["slide_id"].astype(str).isin(test)].reset_index(drop=True)
-    norms = load_normalizers(meta.tiles_dir, meta.config.stain)
-    ref_inv = np.linalg.pinv(default_reference().stain_matrix.T)
-    lut = od_lut(240.0)
-    mean = torch.tensor(meta.mean).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std).view(1, 3, 1, 1)
-    sums = {m: {r: [0.0, 0] for r in REGIONS} for m in ("gradcam", "input_x_gradient")}
-    hits = {m: 0 for m in sums}
-    n_tiles, chance, correct = 0, [], 0
-    for sid, part in tiles.groupby("slide_id"):
-        mask_full = cv2.imread(str(cohort_dir / "masks" / f"{sid}.png"), cv2.IMREAD_UNCHANGED)
-        masks = [mask_full[r.y : r.y + r.read_px, r.x : r.x + r.read_px] for r in part.itertuples()]
-        keep = [i for i, m in enumerate(masks) if (m == 3).mean() > 0.01][:tiles_per_slide]
-        if not keep:
-            continue
-        sel = part.iloc[keep].reset_index(drop=True)
-        ds = TileDataset(sel, meta.input_px, norms)
-        rgb = np.stack([ds.read_rgb(i) for i in range(len(ds))])
-        x = to_model_input(torch.from_numpy(rgb).permute(0, 3, 1, 2), mean, std)
-        with torch.no_grad():
-            pred = model(x).argmax(1).numpy()
-        label = meta.classes.index(str(sel["label"].iloc[0]))
-        correct += int((pred == label).sum())
-        maps = {
-            "gradcam": explain_maps(model, meta.model_name, x, pred.tolist(), "gradcam"),
-            "input_x_gradient": normalise_per_slide(
-                explain_maps(
-                    model, meta.model_name, x, pred.tolist(), "input_x_gradient", (1 - mean) / std
-                )
-            ),
-        }
-        for j, i in enumerate(keep):
-            m = cv2.resize(masks[i], (meta.input_px,) * 2, interpolation=cv2.INTER_NEAREST)
-            h_conc = (lut[rgb[j].reshape(-1, 3)] @ ref_inv.T)[:, 0].reshape(m.shape)
-            regions = _region_masks(m, h_conc)
-            near = cv2.dilate((m == 3).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            chance.append(float(near.mean()))
-            for method, mp in maps.items():
-                for r, reg in regions.items():
-                    if reg.any():
-                        sums[method][r][0] += float(mp[j][reg].mean())
-                        sums[method][r][1] += 1
-                peak = np.unravel_index(int(np.argmax(mp[j])), mp[j].shape)
-                hits[method] += int(near[peak])
-            n_tiles += 1
-    return {
-        "model": meta.model_name,
-        "split": split,
-        "n_tiles": n_tiles,
-        "tile_accuracy": correct / n_tiles if n_tiles else None,
-        "chance": float(np.mean(chance)) if chance else None,
-        "methods": {
-            m: {
-                "region_mean": {r: (s / n if n else None) for r, (s, n) in sums[m].items()},
-                "pointing_game": hits[m] / n_tiles if n_tiles else None,
-            }
-            for m in sums
-        },
-    }
+from her2scope.explain.pointing import REGIONS, measure_pointing
 
 
 def main() -> None:
@@ -166,7 +72,7 @@ def main() -> None:
         if not (run_dir / "checkpoints" / "best.pt").is_file():
             train_model(cfg, name, tiles_dir, run_dir)
         for split in ("val", "test"):
-            res = measure(run_dir, cohort, split)
+            res = measure_pointing(run_dir, cohort / "masks", split)
             results.append(res)
             print(json.dumps(res, indent=1), flush=True)
     print("| model | split | tile acc. | method | membrane | nucleus | cytoplasm | stroma | glass | "

@@ -573,3 +573,9 @@ def _run_explain(run_dir: Path, cfg: RunConfig) -> None:
         n=cfg.explain.n_tiles,
         heatmap_max_px=cfg.explain.heatmap_max_px,
     )
+    masks = Path(cfg.cohort.manifest).parent / "masks"
+    if masks.is_dir():  # a synthetic cohort with ground truth: where do the maps point?
+        from her2scope.explain.pointing import POINTING_JSON, measure_pointing
+
+        measured = measure_pointing(run_dir, masks, split=cfg.evaluate.split)
+        write_json(run_dir / "explain" / POINTING_JSON, measured)

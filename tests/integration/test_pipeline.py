@@ -145,6 +145,16 @@ def test_report_content_matches_the_results(piped: tuple[RunConfig, object]) -> 
         assert f"{caption}: {t['n_slides']} slide(s)" in html
         assert f"quadratic κ {kappa}" in html
     assert f"Slides to review ({len(agreement['review'])})" in html
+    # the tiny cohort has ground-truth masks: the explain stage measured where the maps point
+    pointing = json.loads((out / "runs" / "alexnet" / "explain" / "pointing_game.json").read_text())
+    assert pointing["n_tiles"] > 0 and 0 < pointing["chance"] < 1
+    assert set(pointing["methods"]) == {"gradcam", "input_x_gradient"}
+    for v in pointing["methods"].values():
+        assert 0 <= v["pointing_game"] <= 1
+        assert v["pointing_game"] * pointing["n_tiles"] == pytest.approx(
+            round(v["pointing_game"] * pointing["n_tiles"])
+        )  # a share of whole tiles
+        assert f"<td>{v['pointing_game']:.3f}</td><td>{pointing['chance']:.3f}</td>" in html
     for src in srcs:
         assert re.match(r"data:image/(png|jpeg);base64,", src)
         with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as im:

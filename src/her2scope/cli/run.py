@@ -140,7 +140,9 @@ def _demo(
         from her2scope.synth import make_cohort
 
         typer.echo(f"demo: generating a synthetic cohort of {patients} patients in {cohort_dir}")
-        make_cohort(cohort_dir, n_patients=patients, n_centers=2, seed=0, workers=2)
+        make_cohort(
+            cohort_dir, n_patients=patients, n_centers=2, seed=0, masks=True, workers=2
+        )  # masks: the explain stage measures where the maps point
     else:
         typer.echo(f"demo: reusing the synthetic cohort in {cohort_dir}")
     _run_and_print(cfg, force or [], names, None)

@@ -554,6 +554,31 @@ def _explain_section(out_dir: Path, cfg: RunConfig) -> str:
             + "".join(_figure(p, f"{name}: {p.relative_to(exp)}", 560, photo=True) for p in others)
             + "</div>"
         )
+    pointing = [(n, _read_json(d / "explain" / "pointing_game.json")) for n, d in models]
+    pointing = [(n, p) for n, p in pointing if p and p.get("n_tiles")]
+    if pointing:
+        parts.append("<h3>Where the maps point (synthetic ground truth)</h3>")
+        parts.append(
+            "<p class='note'>Mean map value per region and the pointing game (share of tiles whose "
+            "map maximum lies on a stained membrane) against chance (the share of such pixels), "
+            "on the test tiles with membrane of this run; docs/explain.md.</p>"
+        )
+        regions = ("membrane", "nucleus", "cytoplasm", "stroma", "glass")
+        rows = [
+            [
+                n,
+                method,
+                *(_fmt(v["region_mean"].get(r)) for r in regions),
+                _fmt(v["pointing_game"]),
+                _fmt(p["chance"]),
+                p["n_tiles"],
+            ]
+            for n, p in pointing
+            for method, v in p["methods"].items()
+        ]
+        parts.append(
+            _table(["model", "method", *regions, "pointing game", "chance", "tiles"], rows)
+        )
     if not models:
         parts.append(_missing("trained runs", "the train stage writes them"))
     elif not any_figs:
