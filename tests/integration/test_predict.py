@@ -386,6 +386,33 @@ def test_qc_thresholds_come_from_the_run_config_and_qc_options(
     assert not (tmp_path / "x" / "small.her2scope.json").exists()
 
 
+def test_predict_with_cells_merges_the_cell_call_and_its_reconciliation(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
+) -> None:
+    """--cells: the slide JSON carries the cell-rule call of the same slide, reconciled with the
+    CNN score of that JSON; the cell outputs sit beside it; the summary has both calls."""
+    from her2scope.cells.fit import label_index
+    from her2scope.scoring import score_slides
+
+    out = tmp_path / "pred"
+    rep = score_slides([qc_slides["ihc"]], tiny_scoring_run, out, cells=True)
+    assert rep.ok, rep.failures
+    doc = _doc(out, "ihc")
+    cells = doc["cells"]
+    assert cells["status"] == "ok" and cells["n_cells"] > 0, cells
+    cell_doc = json.loads((out / "ihc.cells.json").read_text())
+    assert cells["call"] == cell_doc["call"] and cells["score"] == cell_doc["score"]
+    rec = cells["reconciliation"]
+    assert rec["cnn_score"] == doc["score"] and rec["cell_call"] == cell_doc["call"]
+    if rec["comparable"]:
+        diff = label_index(cell_doc["score"]) - label_index(doc["score"])
+        assert rec["grade_difference"] == diff and rec["review"] == (diff != 0)
+    for name in cells["outputs"].values():
+        assert (out / name).is_file(), name
+    row = rep.summary.iloc[0]
+    assert row["cell_score"] == cell_doc["score"] and row["score"] == doc["score"]
+
+
 def test_predict_uses_the_runs_calibration_and_reflex_policy(
     tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -43,6 +43,12 @@ def predict(
         "--center",
         help="Apply this centre's site calibration (her2scope calibrate RUN --center NAME).",
     ),
+    cells: bool = typer.Option(
+        False,
+        "--cells",
+        help="Also score each slide's cells by the ASCO/CAP rules (her2scope cells): "
+        "<slide_id>.cells.* outputs, and the cell call and its agreement with the CNN in the JSON.",
+    ),
     qc_set: list[str] = typer.Option(
         None,
         "--qc",
@@ -86,6 +92,7 @@ def predict(
             force=force,
             center=center,
             qc=qc,
+            cells=cells,
         )
     s = report.summary
     n_ok = int((s["status"] == "ok").sum())

@@ -208,6 +208,7 @@ def score_slides(
     qc: QCConfig | None = None,
     force: bool = False,
     center: str | None = None,
+    cells: bool = False,
 ) -> ScoreReport:
     """Score ``slides`` with the best checkpoint of ``run_dir``; write results to ``out_dir``.
 
@@ -218,7 +219,11 @@ def score_slides(
     thresholds, see :mod:`her2scope.scoring.qc`) gets ``status=qc_failed`` and no score, unless
     ``force``: then it is scored and the failed checks stay in its JSON and the summary. Without
     ``qc``, the thresholds are the run's (its config's ``qc`` section, else the defaults).
-    Probabilities are calibrated and the reflex flag follows the run's policy
+    With ``cells``, each scored slide's cells are also scored by the ASCO/CAP rules
+    (:func:`her2scope.cells.slide.score_slide_cells`, the run config's ``cells`` thresholds;
+    ``<slide_id>.cells.*`` outputs) and the cell summary and its reconciliation with the CNN call
+    go into the slide JSON (``cells``). Probabilities are calibrated and the reflex flag follows
+    the run's policy
     (``RUN/calibration.json``; a run without one uses T = 1 and ``evaluate.reflex_uncertainty``).
     """
     import pandas as pd
@@ -248,6 +253,10 @@ def score_slides(
 
     out = Path(out_dir)
     planned = [p for path in paths for p in output_paths(out, slide_id_of(path)).values()]
+    if cells:
+        from her2scope.cells.slide import output_paths as cell_output_paths
+
+        planned += [p for path in paths for p in cell_output_paths(out, slide_id_of(path)).values()]
     planned.append(out / summary_name(shard))
     refuse_replacing_inputs(
         planned,
@@ -265,6 +274,7 @@ def score_slides(
         force=force,
         weights=load_run_provenance(run_dir).get("weights"),
         site=site,
+        cells=(getattr(meta.config, "cells", None) or _default_cell_config()) if cells else None,
     )
     rows: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
@@ -300,6 +310,7 @@ def score_slides(
         "reflex_fish",
         "qc_passed",
         "qc_failed_checks",
+        *(["cell_score", "cell_review"] if cells else []),
         "error",
     ]
     summary = pd.DataFrame(rows).reindex(columns=cols)
@@ -476,8 +487,16 @@ def _score_one(
         "provenance": provenance,
         "note": NOT_A_DEVICE,
     }
+    cell_row: dict[str, Any] = {}
+    if ctx.cells is not None:
+        doc["cells"] = _cells_for_slide(path, sid, roi_path, out, mpp, cfg, ctx, score, names)
+        cell_row = {
+            "cell_score": doc["cells"].get("score"),
+            "cell_review": (doc["cells"].get("reconciliation") or {}).get("review"),
+        }
     write_json(names["json"], doc)
     return {
+        **cell_row,
         "score": score,
         **{f"prob_{c}": prob_map[c] for c in classes},
         "n_tiles": len(tiles),
@@ -485,6 +504,48 @@ def _score_one(
         "reflex_fish": bool(reflex["flag"]),
         "qc_passed": not failed_checks,
         "qc_failed_checks": ";".join(failed_checks),
+    }
+
+
+def _default_cell_config() -> Any:
+    from her2scope.cells.config import CellConfig
+
+    return CellConfig()
+
+
+def _cells_for_slide(
+    path: Path,
+    sid: str,
+    roi_path: Path | None,
+    out: Path,
+    mpp: float | None,
+    cfg: Any,
+    ctx: _RunContext,
+    cnn_score: str,
+    names: dict[str, Path],
+) -> dict[str, Any]:
+    """Cell-rule scoring of one slide and its reconciliation with the CNN call, for the JSON.
+
+    A failure of the cell scoring never costs the CNN score: it is recorded with its reason.
+    """
+    from her2scope.cells.reconcile import reconcile_call
+    from her2scope.cells.slide import output_paths as cell_output_paths
+    from her2scope.cells.slide import score_slide_cells
+    from her2scope.errors import describe_exception
+
+    try:
+        summary = score_slide_cells(
+            path, out, roi_path, ctx.cells, None, mpp, cfg.tiling.roi_classes, slide_id=sid
+        )
+    except Exception as exc:  # the CNN result stands; say why there is no cell result
+        log.warning("slide %s: cell scoring failed: %s", sid, describe_exception(exc))
+        return {"status": "failed", "reason": describe_exception(exc)}
+    keep = ("call", "score", "rule", "borderline", "n_cells", "h_score", "pattern_fraction")
+    return {
+        "status": "ok",
+        **{k: summary.get(k) for k in keep},
+        "reconciliation": reconcile_call(summary, cnn_score, str(names["json"])),
+        "outputs": {k: p.name for k, p in cell_output_paths(out, sid).items()},
     }
 
 
@@ -498,6 +559,7 @@ class _RunContext:
     force: bool
     weights: dict[str, Any] | None
     site: dict[str, Any] | None = None  # site calibration of --center (scoring/site.py)
+    cells: Any = None  # CellConfig when predict also scores cells (--cells)
 
 
 def training_mpp(run_dir: str | Path, meta: Any) -> float | None:
