@@ -29,7 +29,7 @@ def test_expected_score_is_monotone_in_the_score_on_hand_built_inputs() -> None:
     ts = torch.linspace(-1, 1, 49)[:, None]
     x = ts * direction[None, :] + torch.tensor([0.0, 0.0, 5.0, 0.0])  # the 3rd feature is ignored
     logp = head(x)
-    e = expected_score(logp)
+    e = expected_score(logp).detach()
     assert torch.all(e[1:] > e[:-1]), e
     assert float(e[0]) < 0.05 and float(e[-1]) > 1.95
     np.testing.assert_allclose(logp.exp().sum(1).detach().numpy(), 1.0, atol=1e-6)
