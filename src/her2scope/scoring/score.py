@@ -145,24 +145,9 @@ def aggregate_tiles(
 
 
 def _resolve_roi(rois: str | Path | None, slide: Path, n_slides: int) -> Path | None:
-    if rois is None:
-        return None
-    from her2scope.slide.rois import find_roi_file
+    from her2scope.slide.rois import resolve_roi_argument
 
-    rois = Path(rois)
-    if rois.is_dir():
-        found = find_roi_file(rois, slide_id_of(slide))
-        if found is None:
-            log.warning("no ROI file for %s in %s; tiling the detected tissue", slide.name, rois)
-        return found
-    if not rois.is_file():
-        raise ConfigError(f"--roi '{rois}' is neither a file nor a folder")
-    if n_slides > 1:
-        raise ConfigError(
-            f"--roi '{rois}' is one file but {n_slides} slides were given; give a folder of "
-            "<slide_id>.geojson/.xml files instead"
-        )
-    return rois
+    return resolve_roi_argument(rois, slide_id_of(slide), n_slides, "tiling the detected tissue")
 
 
 def _fit_normalizer(

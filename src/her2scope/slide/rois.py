@@ -43,7 +43,7 @@ import shapely
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from her2scope.errors import RoiError
+from her2scope.errors import ConfigError, RoiError
 
 log = logging.getLogger(__name__)
 
@@ -486,3 +486,30 @@ def find_roi_file(rois_dir: str | Path, slide_stem: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def resolve_roi_argument(
+    rois: str | Path | None, slide_stem: str, n_slides: int, without: str
+) -> Path | None:
+    """The ROI file of one slide from a ``--roi`` argument: one file (one slide) or a folder.
+
+    A folder without a file for the slide gives None and a warning that ends with ``without``
+    (what happens instead, e.g. "tiling the detected tissue"). Raises :class:`ConfigError` for a
+    path that is neither a file nor a folder, or one file given for several slides.
+    """
+    if rois is None:
+        return None
+    rois = Path(rois)
+    if rois.is_dir():
+        found = find_roi_file(rois, slide_stem)
+        if found is None:
+            log.warning("no ROI file for %s in %s; %s", slide_stem, rois, without)
+        return found
+    if not rois.is_file():
+        raise ConfigError(f"--roi '{rois}' is neither a file nor a folder")
+    if n_slides > 1:
+        raise ConfigError(
+            f"--roi '{rois}' is one file but {n_slides} slides were given; give a folder of "
+            "<slide_id>.geojson/.xml files instead"
+        )
+    return rois
