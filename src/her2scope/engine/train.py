@@ -44,6 +44,21 @@ TILE_TABLE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader worker processes: the requested number, at most the CPUs of this process.
+
+    More loader processes than CPUs only fight the model's threads for them (a config allows up
+    to 256 so that one file serves a cluster node and a laptop); lowering is said once.
+    """
+    from her2scope.tiling.extract import cpu_workers
+
+    cap = cpu_workers()
+    if requested > cap:
+        log.info("train.workers=%d lowered to %d (the CPUs available)", requested, cap)
+        return cap
+    return requested
+
+
 def train_model(
     cfg: RunConfig,
     model_name: str,
@@ -540,7 +555,7 @@ def _train_loader(ds: Any, tcfg: Any, seed: int, epoch: int, dist: Any, worker_i
         ds,
         batch_size=tcfg.batch_size,
         sampler=sampler,
-        num_workers=tcfg.workers,
+        num_workers=loader_workers(tcfg.workers),
         worker_init_fn=worker_init,
         generator=gen,
         pin_memory=dist.device.type == "cuda",
@@ -570,7 +585,9 @@ def _validate(
     if len(ds) == 0:
         return {"loss": None, "auc": None}
     idx = list(range(dist.rank, len(ds), dist.world_size))
-    loader = DataLoader(Subset(ds, idx), batch_size=tcfg.batch_size, num_workers=tcfg.workers)
+    loader = DataLoader(
+        Subset(ds, idx), batch_size=tcfg.batch_size, num_workers=loader_workers(tcfg.workers)
+    )
     model.eval()
     chunks = []
     with torch.inference_mode():

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from her2scope.errors import ConfigError, WeightsError
+from her2scope.errors import ConfigError, WeightsError, describe_exception
 
 if TYPE_CHECKING:
     import torch
@@ -164,7 +164,7 @@ def _create_torchvision(
             else:
                 raise WeightsError(
                     f"pretrained weights for '{name}' are not cached and could not be "
-                    f"downloaded ({type(exc).__name__}: {exc}). Expected file: {cache}. "
+                    f"downloaded ({describe_exception(exc)}). Expected file: {cache}. "
                     f"Copy it there from a machine with internet ({weights.url}), set TORCH_HOME "
                     "to a folder holding hub/checkpoints/, give train.pretrained=<path to the "
                     "file>, or use train.pretrained=false"
@@ -234,13 +234,13 @@ def _create_timm(arch: str, num_classes: int, mode: bool | str | Path) -> nn.Mod
                 log.warning(
                     "no pretrained weights for timm:%s (%s); using random initialisation",
                     arch,
-                    type(exc).__name__,
+                    describe_exception(exc),
                 )
             else:
                 hub = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
                 raise WeightsError(
                     f"pretrained weights for 'timm:{arch}' are not cached and could not be "
-                    f"downloaded ({type(exc).__name__}: {exc}). timm looks in the Hugging Face "
+                    f"downloaded ({describe_exception(exc)}). timm looks in the Hugging Face "
                     f"cache under {hub}/hub; download them there on a machine with internet, or "
                     "give train.pretrained=<path to a weights file>, or use "
                     "train.pretrained=false"
