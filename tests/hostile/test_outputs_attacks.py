@@ -113,3 +113,23 @@ def test_tile_into_a_folder_whose_roi_would_become_a_sidecar(
     r = cli("tile", m, "--out", cohort, "--target-mpp", "1.0")
     assert_clean_error(r, "would replace an input", str(roi), "--out")
     before.assert_unchanged()
+
+
+def test_report_escapes_markup_from_cohort_files(tmp_path: Path) -> None:
+    """Markup in a manifest's free-text fields (patient, centre) reaches the report as text."""
+    from her2scope.config import RunConfig, apply_overrides
+    from her2scope.report.html import render_report
+
+    run = tmp_path / "runs" / "alexnet"
+    run.mkdir(parents=True)
+    (run / "splits.csv").write_text(
+        "slide_id,patient_id,center,label,split\n"
+        "S1,<script>alert(1)</script>,<img src=x onerror=alert(2)>,1+,train\n"
+        "S2,P2,B,2+,test\n",
+        encoding="utf-8",
+    )
+    cfg = apply_overrides(RunConfig(), [f"out_dir={tmp_path}", "train.models=[alexnet]"])
+    html = render_report(tmp_path, cfg)
+    assert "<script>alert(1)</script>" not in html
+    assert "<img src=x onerror" not in html
+    assert "&lt;img src=x onerror=alert(2)&gt;" in html  # shown, as text
