@@ -40,6 +40,7 @@ from her2scope.cells.classify import (
     slide_call,
 )
 from her2scope.cells.config import CellConfig
+from her2scope.cells.export import CELL_COLUMNS
 from her2scope.cells.segment import analyse_region, outlines
 from her2scope.errors import ConfigError, Her2ScopeError
 
@@ -375,15 +376,8 @@ def score_slide_cells(
     return summary
 
 
-_ARRAY_KEYS = (
-    "x",
-    "y",
-    "nucleus_area_um2",
-    "nucleus_h_od",
-    "membrane_od_mean",
-    "membrane_od_p90",
-    "completeness",
-)
+#: The per-cell measurement arrays (the numeric leading columns of CELL_COLUMNS).
+_ARRAY_KEYS = CELL_COLUMNS[: CELL_COLUMNS.index("completeness") + 1]
 
 
 def _to_level0(

@@ -9,13 +9,34 @@ package's defaults need per-model workarounds.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+
+def _target_index(logits: Any, target: Any) -> Any:
+    """Class index per batch item: the arg-max (``None``), one class for all (int), or one each.
+
+    Raises ``ValueError`` for a wrong number of targets or a class out of range.
+    """
+    import torch
+
+    b = logits.shape[0]
+    if target is None:
+        idx = logits.argmax(dim=1)
+    elif isinstance(target, int):
+        idx = torch.full((b,), int(target), dtype=torch.long, device=logits.device)
+    else:
+        idx = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
+        if idx.numel() != b:
+            raise ValueError(f"{idx.numel()} targets for a batch of {b}")
+    if int(idx.min()) < 0 or int(idx.max()) >= logits.shape[1]:
+        raise ValueError(f"target class out of range 0..{logits.shape[1] - 1}")
+    return idx
 
 
 def grad_cam(
@@ -62,17 +83,7 @@ def cam_for_layer(
             x = x.detach().requires_grad_(False)
             out = model(x)
             logits = split(out)[0] if split is not None else out
-            b = logits.shape[0]
-            if target is None:
-                idx = logits.argmax(dim=1)
-            elif isinstance(target, int):
-                idx = torch.full((b,), int(target), dtype=torch.long, device=logits.device)
-            else:
-                idx = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
-                if idx.numel() != b:
-                    raise ValueError(f"{idx.numel()} targets for a batch of {b}")
-            if int(idx.min()) < 0 or int(idx.max()) >= logits.shape[1]:
-                raise ValueError(f"target class out of range 0..{logits.shape[1] - 1}")
+            idx = _target_index(logits, target)
             act = store["act"]
             score = logits.gather(1, idx.view(-1, 1)).sum()
             (grad,) = torch.autograd.grad(score, act)
@@ -126,17 +137,7 @@ def input_x_gradient(
         with torch.enable_grad():
             xi = x.detach().clone().requires_grad_(True)
             logits = split_outputs(model(xi))[0]
-            b = logits.shape[0]
-            if target is None:
-                idx = logits.argmax(dim=1)
-            elif isinstance(target, int):
-                idx = torch.full((b,), int(target), dtype=torch.long, device=logits.device)
-            else:
-                idx = torch.as_tensor(list(target), dtype=torch.long, device=logits.device)
-                if idx.numel() != b:
-                    raise ValueError(f"{idx.numel()} targets for a batch of {b}")
-            if int(idx.min()) < 0 or int(idx.max()) >= logits.shape[1]:
-                raise ValueError(f"target class out of range 0..{logits.shape[1] - 1}")
+            idx = _target_index(logits, target)
             (grad,) = torch.autograd.grad(logits.gather(1, idx.view(-1, 1)).sum(), xi)
     finally:
         model.train(was_training)
