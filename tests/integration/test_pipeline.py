@@ -8,7 +8,6 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -178,37 +177,6 @@ def test_report_survives_missing_artefacts(tmp_path: Path) -> None:
     ):
         assert f"Not available: {what}" in html, what
     assert "<h2 id='provenance'>Provenance</h2>" in html
-
-
-def test_reflex_table_follows_the_rule() -> None:
-    from her2scope.report.html import reflex_table
-
-    cfg = apply_overrides(RunConfig(), ["evaluate.reflex_uncertainty=0.5"])
-    rows = []
-    # S1: clearly 2+ (always reflex); S2: confident 3+; S3: 1+ but nearly uniform
-    for sid, probs in {
-        "S1": (0.1, 0.8, 0.1),
-        "S2": (0.01, 0.02, 0.97),
-        "S3": (0.4, 0.25, 0.35),
-    }.items():
-        for _ in range(3):
-            rows.append(
-                {
-                    "slide_id": sid,
-                    "patient_id": "P" + sid,
-                    "center": "B",
-                    "label": "2+",
-                    "prob_1+": probs[0],
-                    "prob_2+": probs[1],
-                    "prob_3+": probs[2],
-                }
-            )
-    table = reflex_table(pd.DataFrame(rows), cfg).set_index("slide_id")
-    assert table["score"].to_dict() == {"S1": "2+", "S2": "3+", "S3": "1+"}
-    assert table["reflex_fish"].to_dict() == {"S1": True, "S2": False, "S3": True}
-    p = np.array([0.4, 0.25, 0.35])
-    expected_u = -(p * np.log(p)).sum() / np.log(3)
-    np.testing.assert_allclose(table.loc["S3", "uncertainty"], expected_u, rtol=1e-9)
 
 
 def test_run_cli_prints_auc_timings_and_report(piped: tuple[RunConfig, object]) -> None:

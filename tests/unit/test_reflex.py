@@ -248,3 +248,45 @@ def test_a_temperature_that_does_not_lower_the_validation_ece_is_not_kept() -> N
     assert cal.temperature == 1.0
     assert "did not lower the validation ECE" in cal.note
     assert cal.ece_after == cal.ece_before
+
+
+def test_reflex_table_aggregates_slides_and_follows_the_policy() -> None:
+    import pandas as pd
+
+    from her2scope.evaluate.calibration import identity_calibration
+    from her2scope.scoring.reflex import reflex_table
+
+    rows = []
+    # S1: clearly 2+ (always reflex); S2: confident 3+; S3: 1+ but nearly uniform
+    for sid, probs in {
+        "S1": (0.1, 0.8, 0.1),
+        "S2": (0.01, 0.02, 0.97),
+        "S3": (0.4, 0.25, 0.35),
+    }.items():
+        for _ in range(3):
+            rows.append(
+                {
+                    "slide_id": sid,
+                    "patient_id": "P" + sid,
+                    "center": "B",
+                    "label": "2+",
+                    "prob_1+": probs[0],
+                    "prob_2+": probs[1],
+                    "prob_3+": probs[2],
+                }
+            )
+    policy = identity_calibration(0.5).policy
+    table = reflex_table(pd.DataFrame(rows), policy).set_index("slide_id")
+    assert table["score"].to_dict() == {"S1": "2+", "S2": "3+", "S3": "1+"}
+    assert table["reflex_fish"].to_dict() == {"S1": True, "S2": False, "S3": True}
+    assert table["patient_id"].to_dict() == {"S1": "PS1", "S2": "PS2", "S3": "PS3"}
+    p = np.array([0.4, 0.25, 0.35])
+    expected_u = -(p * np.log(p)).sum() / np.log(3)
+    np.testing.assert_allclose(table.loc["S3", "uncertainty"], expected_u, rtol=1e-9)
+    # the aggregation rule is applied: two tiles call 1+, one tile is sure of 3+
+    tiles = [(0.5, 0.1, 0.4), (0.5, 0.1, 0.4), (0.0, 0.0, 1.0)]
+    s4 = pd.DataFrame(
+        [{"slide_id": "S4", "prob_1+": a, "prob_2+": b, "prob_3+": c} for a, b, c in tiles]
+    )
+    assert reflex_table(s4, policy)["score"].tolist() == ["3+"]  # mean (0.33, 0.07, 0.60)
+    assert reflex_table(s4, policy, rule="majority")["score"].tolist() == ["1+"]  # 2 of 3 tiles
