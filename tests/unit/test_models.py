@@ -11,17 +11,16 @@ import pytest
 import torch
 
 from her2scope.errors import ConfigError, WeightsError
-from her2scope.models import cam_target, create_model, model_preprocessing, split_outputs
-from her2scope.models.registry import INCEPTION_AUX_WEIGHT, torchvision_cache_file
-
-SMALL = {
-    "alexnet": 64,
-    "vgg16": 32,
-    "resnet34": 64,
-    "densenet121": 64,
-    "inception_v3": 75,
-    "swin_t": 64,
-}
+from her2scope.models import (
+    cam_target,
+    create_model,
+    get_spec,
+    list_models,
+    model_preprocessing,
+    register_model,
+    split_outputs,
+)
+from her2scope.models.registry import _REGISTRY, INCEPTION_AUX_WEIGHT, torchvision_cache_file
 
 
 @pytest.fixture(autouse=True)
@@ -41,10 +40,10 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-@pytest.mark.parametrize("name", list(SMALL))
-def test_builds_and_takes_a_training_step(name: str) -> None:
+@pytest.mark.parametrize("name", list_models())
+def test_builds_and_takes_a_training_step_at_its_minimum_size(name: str) -> None:
     torch.manual_seed(0)
-    px = SMALL[name]
+    px = get_spec(name).min_input_px
     model = create_model(name, 3, pretrained=False, input_px=px)
     layer, reshape = cam_target(model, name)
     assert any(m is layer for m in model.modules())
@@ -87,10 +86,10 @@ def test_swin_cam_reshape_is_nhwc_to_nchw() -> None:
 
 def test_inception_aux_logits_in_training_at_full_size() -> None:
     model = create_model("inception_v3", 3, input_px=299)
-    assert INCEPTION_AUX_WEIGHT == 0.4
     model.train()
     logits, aux = split_outputs(model(torch.rand(2, 3, 299, 299)))
     assert logits.shape == (2, 3) and aux is not None and aux.shape == (2, 3)
+    assert 0 < INCEPTION_AUX_WEIGHT < 1  # the auxiliary loss is a minor term
     model.eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 299, 299))
@@ -172,3 +171,78 @@ def test_pretrained_from_cache_and_from_local_file(tmp_path: Path) -> None:
         create_model("densenet121", 3, pretrained=tmp_path / "resnet.pt")
     with pytest.raises(WeightsError, match="not found"):
         create_model("densenet121", 3, pretrained=tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_below_the_minimum_size_is_refused_before_building(name: str) -> None:
+    px = get_spec(name).min_input_px - 1
+    with pytest.raises(ConfigError, match=f"model '{name}' needs input_px >= {px + 1}, got {px}"):
+        create_model(name, 3, input_px=px)
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_plain_cnn_cam_layer_is_the_relu_after_the_last_conv(name: str) -> None:
+    model = create_model(name, 3)
+    layer, reshape = cam_target(model, name)
+    features = list(model.features)
+    last_conv = max(i for i, m in enumerate(features) if isinstance(m, torch.nn.Conv2d))
+    assert layer is features[last_conv + 1] and isinstance(layer, torch.nn.ReLU)
+    assert reshape is None
+
+
+def test_preprocessing_comes_with_the_record() -> None:
+    from her2scope.models import preprocessing
+
+    pre = preprocessing("inception_v3")
+    assert pre.input_px == 299  # its weights' crop size
+    assert (pre.mean, pre.std) == model_preprocessing("inception_v3")
+    assert preprocessing("swin_t").input_px == 224
+
+
+def test_cli_model_lists_are_the_registry() -> None:
+    from her2scope.cli.run import parse_models
+    from her2scope.engine.config import TrainConfig
+
+    assert list_models() == (
+        "alexnet",
+        "vgg16",
+        "resnet34",
+        "densenet121",
+        "inception_v3",
+        "swin_t",
+    )  # the study's six, in the paper's order
+    assert parse_models("all") == list(list_models())
+    assert TrainConfig(models=list_models(), input_px=75).problems() == []
+
+
+def test_adding_a_model_is_one_decorated_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model registered in one place is built, gets its head replaced, has a CAM layer and is
+    offered by ``--models all`` without any other edit."""
+    from torch import nn
+
+    from her2scope.cli.run import parse_models
+
+    monkeypatch.setattr("her2scope.models.registry._REGISTRY", dict(_REGISTRY))
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.head = nn.Linear(4, 1000)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.body(x).mean(dim=(2, 3)))
+
+    @register_model(heads=("head",), cam_layer="body.1", min_input_px=8)
+    def toy_net(weights: object, input_px: int | None) -> nn.Module:
+        return Toy()
+
+    model = create_model("toy_net", 3, input_px=8)
+    assert model.head.out_features == 3 and model(torch.rand(2, 3, 8, 8)).shape == (2, 3)
+    layer, reshape = cam_target(model, "toy_net")
+    assert layer is model.body[1] and reshape is None
+    assert parse_models("all")[-1] == "toy_net"
+    with pytest.raises(ValueError, match="'toy_net' is registered twice"):
+        register_model(heads=("head",), cam_layer="body.1")(toy_net)
+    with pytest.raises(ConfigError, match="needs input_px >= 8, got 7"):
+        create_model("toy_net", 3, input_px=7)

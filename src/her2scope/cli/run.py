@@ -7,9 +7,6 @@ from typing import Any
 
 import typer
 
-#: Models of the study, used by ``--models all``.
-ALL_MODELS = ("alexnet", "vgg16", "resnet34", "densenet121", "inception_v3", "swin_t")
-
 
 def register(app: typer.Typer) -> None:
     """Add the ``run`` and ``demo`` commands to ``app``."""
@@ -30,7 +27,9 @@ def parse_models(value: str | None) -> list[str] | None:
     if value is None or not value.strip():
         return None
     if value.strip().lower() == "all":
-        return list(ALL_MODELS)
+        from her2scope.models.registry import list_models
+
+        return list(list_models())
     return [m.strip() for m in value.split(",") if m.strip()]
 
 

@@ -91,9 +91,9 @@ def train(
         [m.strip() for m in models.split(",") if m.strip()] if models else list(cfg.train.models)
     )
     if names == ["all"]:
-        from her2scope.models import TORCHVISION_MODELS
+        from her2scope.models import list_models
 
-        names = list(TORCHVISION_MODELS)
+        names = list(list_models())
     if not names:
         raise ConfigError("no models to train; set train.models or --models")
     if models:

@@ -1,8 +1,14 @@
 """The model registry: the study's six torchvision models plus any timm model.
 
+Each architecture is one :class:`ModelSpec` record, made by the :func:`register_model` decorator
+on its builder: classifier-head paths, Grad-CAM layer and reshape, minimum input size.
+Preprocessing (mean, std, input size) is read from the weights' metadata. Adding a model is one
+decorated builder below; the config check, the CLI's ``--models all`` and Grad-CAM read the
+registry (:func:`list_models`, :func:`get_spec`).
+
 ``create_model(name, num_classes, pretrained)`` builds a model with its classifier head replaced for
-``num_classes`` classes. Input normalisation (``model_preprocessing``) comes from the weights'
-metadata, and ``cam_target`` names the layer Grad-CAM hooks for each architecture.
+``num_classes`` classes; ``model_preprocessing`` / ``preprocessing`` give its input normalisation
+and ``cam_target`` the layer Grad-CAM hooks.
 
 Names: ``alexnet``, ``vgg16``, ``resnet34``, ``densenet121``, ``inception_v3``, ``swin_t`` and
 ``timm:<timm model name>`` (e.g. ``timm:convnext_tiny``).
@@ -25,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -37,40 +44,170 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The study's six architectures (torchvision names).
-TORCHVISION_MODELS: tuple[str, ...] = (
-    "alexnet",
-    "vgg16",
-    "resnet34",
-    "densenet121",
-    "inception_v3",
-    "swin_t",
-)
-
-#: Smallest square input each torchvision model accepts (inception_v3's stem needs 75 px).
-MIN_INPUT_PX: dict[str, int] = {"inception_v3": 75}
+#: Weight of inception_v3's auxiliary loss in training (the usual value).
+INCEPTION_AUX_WEIGHT = 0.4
 
 #: inception_v3's auxiliary head needs a 17×17 Mixed_6e map, i.e. inputs of at least this size;
 #: below it the auxiliary head is dropped (training then uses the main logits only).
 INCEPTION_AUX_MIN_PX = 299
 
-#: Weight of inception_v3's auxiliary loss in training (the usual value).
-INCEPTION_AUX_WEIGHT = 0.4
+CamReshape = Callable[["torch.Tensor"], "torch.Tensor"]
 
-# Classifier-head parameter prefixes per torchvision model (replaced for K classes).
-_HEADS: dict[str, tuple[str, ...]] = {
-    "alexnet": ("classifier.6.",),
-    "vgg16": ("classifier.6.",),
-    "resnet34": ("fc.",),
-    "densenet121": ("classifier.",),
-    "inception_v3": ("fc.", "AuxLogits.fc."),
-    "swin_t": ("head.",),
-}
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model's weights expect: per-channel ``mean``/``std`` for inputs scaled to [0, 1], and
+    ``input_px``, the square side they were trained at (a reference; her2scope feeds its own)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    input_px: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered architecture: everything her2scope needs to know about it, in one record.
+
+    ``builder(weights, input_px)`` returns the model with its ImageNet head (``weights``: the
+    torchvision weights enum member, or None for random initialisation). ``heads`` are the dotted
+    paths of the Linear classifier layers replaced for K classes, the main head first (a path
+    whose parent the builder removed, e.g. a dropped auxiliary head, is skipped). ``cam_layer`` is
+    the dotted path Grad-CAM hooks and ``cam_reshape`` turns its output into [B, C, H, W] (None:
+    it already is). ``aux_head`` names a sub-module the builder may drop (its tensors in a weights
+    file are then ignored).
+    """
+
+    name: str
+    builder: Callable[[Any, int | None], nn.Module]
+    heads: tuple[str, ...]
+    cam_layer: str
+    cam_reshape: CamReshape | None = None
+    min_input_px: int = 32
+    aux_head: str | None = None
+
+    def preprocessing(self) -> Preprocessing:
+        """Read from the default weights' metadata (torchvision's transforms), not restated."""
+        import torchvision
+
+        tf = torchvision.models.get_model_weights(self.name).DEFAULT.transforms()
+        return Preprocessing(
+            tuple(float(v) for v in tf.mean),
+            tuple(float(v) for v in tf.std),
+            int(tf.crop_size[0]),
+        )
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(
+    *,
+    heads: tuple[str, ...],
+    cam_layer: str,
+    cam_reshape: CamReshape | None = None,
+    min_input_px: int = 32,
+    aux_head: str | None = None,
+) -> Callable[[Callable[[Any, int | None], nn.Module]], Callable[[Any, int | None], nn.Module]]:
+    """Decorator: register the builder it wraps under the function's name (see :class:`ModelSpec`)."""
+
+    def wrap(
+        builder: Callable[[Any, int | None], nn.Module],
+    ) -> Callable[[Any, int | None], nn.Module]:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is registered twice")
+        _REGISTRY[name] = ModelSpec(
+            name, builder, heads, cam_layer, cam_reshape, min_input_px, aux_head
+        )
+        return builder
+
+    return wrap
+
+
+def nhwc_to_nchw(t: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM reshape for channels-last token maps [B, H, W, C] (Swin) → [B, C, H, W]."""
+    return t.permute(0, 3, 1, 2)
+
+
+# The study's six architectures (torchvision). Adding one: a builder here, nothing elsewhere.
+# CNN CAM layers are the last convolutional block's output ([B, C, H, W]).
+
+
+@register_model(heads=("classifier.6",), cam_layer="features.11", min_input_px=63)
+def alexnet(weights: Any, input_px: int | None) -> nn.Module:
+    """CAM layer: the ReLU after the last convolution; below 63 px a max-pool has nothing left."""
+    import torchvision
+
+    return torchvision.models.alexnet(weights=weights)
+
+
+@register_model(heads=("classifier.6",), cam_layer="features.29")  # ReLU after last conv
+def vgg16(weights: Any, input_px: int | None) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.vgg16(weights=weights)
+
+
+@register_model(heads=("fc",), cam_layer="layer4.2")  # the last residual block
+def resnet34(weights: Any, input_px: int | None) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet34(weights=weights)
+
+
+@register_model(heads=("classifier",), cam_layer="features.norm5")  # ReLU is applied after it
+def densenet121(weights: Any, input_px: int | None) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.densenet121(weights=weights)
+
+
+@register_model(
+    heads=("fc", "AuxLogits.fc"), cam_layer="Mixed_7c", min_input_px=75, aux_head="AuxLogits"
+)
+def inception_v3(weights: Any, input_px: int | None) -> nn.Module:
+    """The stem needs 75 px; below :data:`INCEPTION_AUX_MIN_PX` the auxiliary head is dropped."""
+    import torchvision
+
+    # ImageNet-normalised input either way; the pretrained weights set these themselves.
+    extra = {} if weights else {"aux_logits": True, "init_weights": True, "transform_input": True}
+    model = torchvision.models.inception_v3(weights=weights, **extra)
+    if input_px is not None and input_px < INCEPTION_AUX_MIN_PX:
+        model.aux_logits = False
+        model.AuxLogits = None
+    return model
+
+
+@register_model(heads=("head",), cam_layer="norm", cam_reshape=nhwc_to_nchw)  # [B, H, W, C]
+def swin_t(weights: Any, input_px: int | None) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.swin_t(weights=weights)
+
+
+def list_models() -> tuple[str, ...]:
+    """The registered names, in registration order; any ``timm:<name>`` is accepted too."""
+    return tuple(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The record of registered model ``name``; ``ConfigError`` listing the choices otherwise."""
+    _check_name(name)
+    if name.startswith("timm:"):
+        raise ConfigError(f"'{name}' is a timm model; it has no her2scope record")
+    return _REGISTRY[name]
+
+
+#: The study's six architectures (torchvision names), from the registry.
+TORCHVISION_MODELS: tuple[str, ...] = list_models()
+
+#: Smallest square input each registered model accepts.
+MIN_INPUT_PX: dict[str, int] = {n: s.min_input_px for n, s in _REGISTRY.items()}
 
 
 def available_models() -> tuple[str, ...]:
-    """The built-in names; any ``timm:<name>`` is accepted too."""
-    return TORCHVISION_MODELS
+    """The built-in names; any ``timm:<name>`` is accepted too (alias of :func:`list_models`)."""
+    return list_models()
 
 
 def _check_name(name: str) -> None:
@@ -78,9 +215,9 @@ def _check_name(name: str) -> None:
         if not name[5:]:
             raise ConfigError("model 'timm:' needs a timm model name, e.g. 'timm:convnext_tiny'")
         return
-    if name not in TORCHVISION_MODELS:
+    if name not in _REGISTRY:
         raise ConfigError(
-            f"unknown model '{name}'; choose one of {', '.join(TORCHVISION_MODELS)} "
+            f"unknown model '{name}'; choose one of {', '.join(_REGISTRY)} "
             "or 'timm:<name>' for any timm model"
         )
 
@@ -121,7 +258,7 @@ def create_model(
     _check_name(name)
     if num_classes < 2:
         raise ConfigError(f"model '{name}': need at least 2 classes, got {num_classes}")
-    min_px = MIN_INPUT_PX.get(name, 32)
+    min_px = 32 if name.startswith("timm:") else _REGISTRY[name].min_input_px
     if input_px is not None and input_px < min_px:
         raise ConfigError(
             f"model '{name}' needs input_px >= {min_px}, got {input_px}; raise train.input_px"
@@ -130,7 +267,7 @@ def create_model(
     if name.startswith("timm:"):
         model = _create_timm(name[5:], num_classes, mode)
     else:
-        model = _create_torchvision(name, num_classes, mode, input_px)
+        model = _create_registered(_REGISTRY[name], num_classes, mode, input_px)
     if isinstance(mode, Path):
         _load_local_weights(model, name, mode)
     if objective == "ordinal":
@@ -142,68 +279,63 @@ def create_model(
     return model
 
 
-def _create_torchvision(
-    name: str, num_classes: int, mode: bool | str | Path, input_px: int | None
+def _create_registered(
+    spec: ModelSpec, num_classes: int, mode: bool | str | Path, input_px: int | None
 ) -> nn.Module:
     import torchvision
 
     model: nn.Module | None = None
     if mode is True or mode == "auto":
-        weights = torchvision.models.get_model_weights(name).DEFAULT
+        weights = torchvision.models.get_model_weights(spec.name).DEFAULT
         try:
-            model = torchvision.models.get_model(name, weights=weights)
+            model = spec.builder(weights, input_px)
         except Exception as exc:
-            cache = torchvision_cache_file(name)
+            cache = torchvision_cache_file(spec.name)
             if mode == "auto":
                 log.warning(
                     "no pretrained weights for %s (%s not cached, download failed); "
                     "using random initialisation",
-                    name,
+                    spec.name,
                     cache,
                 )
             else:
                 raise WeightsError(
-                    f"pretrained weights for '{name}' are not cached and could not be "
+                    f"pretrained weights for '{spec.name}' are not cached and could not be "
                     f"downloaded ({describe_exception(exc)}). Expected file: {cache}. "
                     f"Copy it there from a machine with internet ({weights.url}), set TORCH_HOME "
                     "to a folder holding hub/checkpoints/, give train.pretrained=<path to the "
                     "file>, or use train.pretrained=false"
                 ) from None
     if model is None:
-        kwargs: dict[str, Any] = {"weights": None}
-        if name == "inception_v3":
-            # ImageNet-normalised input in both cases; the pretrained weights expect this too.
-            kwargs.update(aux_logits=True, init_weights=True, transform_input=True)
-        model = torchvision.models.get_model(name, **kwargs)
-    _replace_head(model, name, num_classes)
-    if name == "inception_v3" and input_px is not None and input_px < INCEPTION_AUX_MIN_PX:
-        model.aux_logits = False  # type: ignore[assignment]
-        model.AuxLogits = None  # type: ignore[assignment]
+        model = spec.builder(None, input_px)
+    _replace_heads(model, spec, num_classes)
     return model
 
 
-def _replace_head(model: nn.Module, name: str, num_classes: int) -> None:
+def _submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:
+    """The sub-module at dotted ``path``, or None where a step of it is None (a dropped head)."""
+    m: Any = model
+    for part in path.split("."):
+        m = getattr(m, part, None)
+        if m is None:
+            return None
+    return m  # type: ignore[no-any-return]
+
+
+def _replace_heads(model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
+    """Swap each of ``spec.heads`` for a fresh ``num_classes``-way Linear of the same width."""
     from torch import nn
 
-    def linear(old: nn.Module) -> nn.Linear:
-        assert isinstance(old, nn.Linear)
-        return nn.Linear(old.in_features, num_classes)
-
-    m: Any = model
-    if name in ("alexnet", "vgg16"):
-        m.classifier[6] = linear(m.classifier[6])
-    elif name == "resnet34":
-        m.fc = linear(m.fc)
-    elif name == "densenet121":
-        m.classifier = linear(m.classifier)
-    elif name == "inception_v3":
-        m.fc = linear(m.fc)
-        if m.AuxLogits is not None:
-            m.AuxLogits.fc = linear(m.AuxLogits.fc)
-    elif name == "swin_t":
-        m.head = linear(m.head)
-    else:  # pragma: no cover - guarded by _check_name
-        raise ConfigError(f"no head rule for '{name}'")
+    for path in spec.heads:
+        old = _submodule_or_none(model, path)
+        if old is None and path != spec.heads[0]:
+            continue  # an optional head the builder dropped
+        if not isinstance(old, nn.Linear):
+            raise ConfigError(
+                f"model '{spec.name}': head '{path}' is {type(old).__name__}, not a Linear "
+                "layer; fix its heads= in models/registry.py"
+            )
+        model.set_submodule(path, nn.Linear(old.in_features, num_classes))
 
 
 def torchvision_cache_file(name: str) -> Path:
@@ -217,10 +349,8 @@ def torchvision_cache_file(name: str) -> Path:
 
 
 def _create_timm(arch: str, num_classes: int, mode: bool | str | Path) -> nn.Module:
-    try:
-        import timm
-    except ImportError:  # pragma: no cover - timm is a dependency
-        raise ConfigError("timm models need the 'timm' package: pip install timm") from None
+    import timm
+
     if not timm.is_model(arch):
         raise ConfigError(
             f"unknown timm model '{arch}'; list them with python -c \"import timm; "
@@ -255,7 +385,7 @@ def _head_prefixes(model: nn.Module, name: str) -> tuple[str, ...]:
         if isinstance(heads, str):
             heads = (heads,)
         return tuple(f"{h}." for h in heads)
-    return _HEADS[name]
+    return tuple(f"{h}." for h in _REGISTRY[name].heads)
 
 
 def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
@@ -298,10 +428,12 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     own = model.state_dict()
     heads = _head_prefixes(model, name)
+    aux = _REGISTRY[name].aux_head if name in _REGISTRY else None
+    droppable = (*heads, f"{aux}.") if aux else heads
     skipped, problems = [], []
     for key in list(state):
         if key not in own:
-            if key.startswith(heads) or key.startswith("AuxLogits."):
+            if key.startswith(droppable):
                 del state[key]
                 continue
             problems.append(f"unexpected tensor '{key}'")
@@ -326,22 +458,29 @@ def _load_local_weights(model: nn.Module, name: str, path: Path) -> None:
         log.info("weights %s: kept the new %d-key classifier head for %s", path, len(skipped), name)
 
 
+def preprocessing(name: str) -> Preprocessing:
+    """Mean, std and training input size of model ``name``'s weights, from their metadata."""
+    _check_name(name)
+    if not name.startswith("timm:"):
+        return _REGISTRY[name].preprocessing()
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name[5:])
+    if cfg is None:
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        return Preprocessing(tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), 224)
+    return Preprocessing(
+        tuple(float(v) for v in cfg.mean),
+        tuple(float(v) for v in cfg.std),
+        int(cfg.input_size[-1]),
+    )
+
+
 def model_preprocessing(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) for inputs scaled to [0, 1], from the weights' metadata."""
-    _check_name(name)
-    if name.startswith("timm:"):
-        import timm
-
-        cfg = timm.get_pretrained_cfg(name[5:])
-        if cfg is None:
-            from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-            return tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
-        return tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std)
-    import torchvision
-
-    tf = torchvision.models.get_model_weights(name).DEFAULT.transforms()
-    return tuple(float(v) for v in tf.mean), tuple(float(v) for v in tf.std)
+    pre = preprocessing(name)
+    return pre.mean, pre.std
 
 
 def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -355,11 +494,6 @@ def split_outputs(out: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(out, (tuple, list)):
         return out[0], (out[1] if len(out) > 1 else None)
     return out, None
-
-
-def nhwc_to_nchw(t: torch.Tensor) -> torch.Tensor:
-    """Grad-CAM reshape for channels-last token maps [B, H, W, C] (Swin) → [B, C, H, W]."""
-    return t.permute(0, 3, 1, 2)
 
 
 class TokensToMap:
@@ -381,24 +515,15 @@ def cam_target(
 ) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
     """The layer Grad-CAM should hook for ``name`` and the reshape its activations need (or None).
 
-    CNNs: the last convolutional block's output ([B, C, H, W]). Swin: the final norm, whose output
-    is [B, H, W, C] and needs :func:`nhwc_to_nchw`.
+    Registered models: their record's ``cam_layer`` and ``cam_reshape``; timm models: the last
+    feature stage (or a ViT's last block).
     """
     _check_name(name)
     m: Any = model.module if hasattr(model, "module") else model  # unwrap DDP
-    if name in ("alexnet", "vgg16"):
-        convs = [i for i, layer in enumerate(m.features) if layer.__class__.__name__ == "Conv2d"]
-        # the ReLU after the last convolution
-        return m.features[convs[-1] + 1], None
-    if name == "resnet34":
-        return m.layer4[-1], None
-    if name == "densenet121":
-        return m.features[-1], None  # norm5; the model applies ReLU after it
-    if name == "inception_v3":
-        return m.Mixed_7c, None
-    if name == "swin_t":
-        return m.norm, nhwc_to_nchw
-    return _timm_cam_target(m, name)
+    if name.startswith("timm:"):
+        return _timm_cam_target(m, name)
+    spec = _REGISTRY[name]
+    return m.get_submodule(spec.cam_layer), spec.cam_reshape
 
 
 def _timm_cam_target(
