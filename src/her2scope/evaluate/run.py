@@ -264,13 +264,8 @@ def calibration_summary(
 def _load_normalizers(tiles_dir: Path, stain_cfg: Any) -> dict[str, Any]:
     if getattr(stain_cfg, "mode", "none") == "none":
         return {}
-    try:
-        from her2scope.stain import load_normalizers
-    except ImportError as exc:
-        raise ConfigError(
-            f"the run uses stain.mode={stain_cfg.mode} but her2scope.stain.load_normalizers is not "
-            f"available ({exc})"
-        ) from None
+    from her2scope.stain import load_normalizers
+
     return dict(load_normalizers(tiles_dir, stain_cfg))
 
 

@@ -162,10 +162,7 @@ def _fit_normalizer(
     mode): the QC gates read the fitted stain vectors.
     """
     mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
-    try:
-        from her2scope.stain import StainNormalizer
-    except ImportError as exc:  # pragma: no cover - depends on the stain stage being installed
-        raise Her2ScopeError(f"stain normalisation '{cfg.stain.mode}' unavailable: {exc}") from None
+    from her2scope.stain import StainNormalizer
     from her2scope.stain.slides import read_fit_tiles, sample_fit_tiles
 
     rows = sample_fit_tiles(tiles_df, int(cfg.stain.fit_tiles)).to_dict("records")

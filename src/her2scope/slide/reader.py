@@ -575,10 +575,8 @@ def _check_tiff_is_rgb(path: Path) -> None:
 
 
 def _probe_openslide(path: Path) -> str | None:
-    try:
-        import openslide
-    except ImportError:  # pragma: no cover - declared dependency
-        return None
+    import openslide
+
     try:
         return openslide.OpenSlide.detect_format(str(path))
     except Exception:
