@@ -1,7 +1,10 @@
 """The whole protocol as one resumable job: tile → stain → train → evaluate → compare → explain →
 cells (when ``cells.enabled``) → report.
 
-``run_pipeline(cfg)`` writes into ``cfg.out_dir``::
+The stages are the rows of :data:`STAGE_TABLE`: each names what it reads, the settings its
+result depends on, the files it writes (all paths from :class:`her2scope.layout.OutLayout`), when
+it is enabled and how it runs; a small executor runs them in order. ``run_pipeline(cfg)`` writes
+into ``cfg.out_dir``::
 
     tiles/            tiles.parquet, slides/<slide_id>.json, qc/, tiling_report.json
     runs/<model>/     one training run per model (checkpoints, results.json, plots, explain/)
@@ -36,20 +39,9 @@ from typing import Any
 from her2scope._io import write_json
 from her2scope.config import RunConfig, to_dict
 from her2scope.errors import ConfigError, Her2ScopeError
+from her2scope.layout import OutLayout, RunLayout
 
 log = logging.getLogger(__name__)
-
-#: The stages in run order; names accepted by ``force`` (and ``her2scope run --force``).
-STAGES: tuple[str, ...] = (
-    "tile",
-    "stain",
-    "train",
-    "evaluate",
-    "compare",
-    "explain",
-    "cells",
-    "report",
-)
 
 
 @dataclass
@@ -100,8 +92,8 @@ def _file_digest(path: Path) -> str:
 class _Stamps:
     """Reads and writes ``out_dir/.stamps/<stage>[@<model>].json``."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.dir = out_dir / ".stamps"
+    def __init__(self, out: OutLayout) -> None:
+        self.dir = out.stamps_dir
 
     def path(self, stage: str, model: str | None = None) -> Path:
         return self.dir / (f"{stage}@{model}.json" if model else f"{stage}.json")
@@ -146,11 +138,6 @@ def _absolute(cfg: RunConfig) -> RunConfig:
     if cfg.cohort.splits_csv:
         cohort = dataclasses.replace(cohort, splits_csv=str(Path(cfg.cohort.splits_csv).resolve()))
     return dataclasses.replace(cfg, out_dir=str(Path(cfg.out_dir).resolve()), cohort=cohort)
-
-
-def run_dir_name(model_name: str) -> str:
-    """Folder of a model's run under ``runs/`` (``timm:convnext_tiny`` → ``timm_convnext_tiny``)."""
-    return model_name.replace(":", "_").replace("/", "_")
 
 
 def _check_force(force: Iterable[str]) -> set[str]:
@@ -198,6 +185,242 @@ def run_pipeline(
         return _run_pipeline(cfg, force, models, workers, echo, config_path)
 
 
+# ----------------------------------------------------------------------------------------------
+# The stage table
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """One invocation: the resolved config, where things go, and what each stage managed."""
+
+    cfg: RunConfig
+    out: OutLayout
+    manifest: Path
+    workers: int
+    models: list[str]
+    stamps: _Stamps
+    result: PipelineResult
+    forced: set[str]
+    say: Callable[[str], None]
+    #: models (or ``[None]`` for a once-stage) each stage finished or found up to date
+    done: dict[str, list[str | None]] = field(default_factory=dict)
+
+    def run(self, model: str | None) -> RunLayout:
+        assert model is not None, "a per-model stage called without a model"
+        return self.out.run(model)
+
+    def evaluated(self) -> list[str]:
+        return [m for m in self.done.get("evaluate", []) if m is not None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One row of :data:`STAGE_TABLE`.
+
+    ``settings(job, model)`` is what the stage's result depends on (hashed: the upstream stages'
+    tokens, the config sections it reads); ``outputs(job, model)`` the files that must exist for
+    a skip; ``run(job, model, digest)`` does the work. ``after``: a per-model stage runs for the
+    models that stage finished (``None``: every model of ``train.models``). ``enabled``: whether
+    the stage runs at all this time. ``fatal``: a failure stops the pipeline (else it is recorded
+    and the other models go on). ``always``: never skipped.
+    """
+
+    name: str
+    reads: str
+    settings: Callable[[_Job, str | None], Any]
+    outputs: Callable[[_Job, str | None], list[Path]]
+    run: Callable[[_Job, str | None, str], None]
+    per_model: bool = False
+    after: str | None = None
+    enabled: Callable[[_Job], bool] = lambda job: True
+    fatal: bool = False
+    always: bool = False
+
+
+def _train_settings(job: _Job, m: str | None) -> dict[str, Any]:
+    train = to_dict(job.cfg.train)
+    train.pop("models", None)
+    return {
+        "up": job.stamps.token("stain"),
+        "model": m,
+        "seed": job.cfg.seed,
+        "cohort": to_dict(job.cfg.cohort),
+        "train": train,
+    }
+
+
+def _cells_settings(job: _Job, m: str | None) -> dict[str, Any]:
+    first = job.evaluated()[0]
+    ev = job.cfg.evaluate
+    return {
+        "up": [job.stamps.token("stain"), job.stamps.token("evaluate", first)],
+        "model": first,
+        "cells": to_dict(job.cfg.cells),
+        "split": ev.split,
+        "aggregate": [ev.aggregate, ev.percent_threshold],
+    }
+
+
+#: The protocol, in run order. Each stage reads the outputs of stages above it (``reads``) and
+#: writes the paths its ``outputs`` name, all from :mod:`her2scope.layout`.
+STAGE_TABLE: tuple[Stage, ...] = (
+    Stage(
+        "tile",
+        reads="the manifest and its slides and ROIs",
+        settings=lambda j, m: {
+            "manifest": _file_digest(j.manifest),
+            "path": str(j.manifest),
+            "tiling": to_dict(j.cfg.tiling),
+        },
+        outputs=lambda j, m: [j.out.tiles.table, j.out.tiles.report],
+        run=lambda j, m, h: _run_tiling(j.manifest, j.out.tiles.root, j.cfg, j.workers),
+        fatal=True,
+    ),
+    Stage(
+        "stain",
+        reads="tiles/ (table and sidecars)",
+        settings=lambda j, m: {"up": j.stamps.token("tile"), "stain": to_dict(j.cfg.stain)},
+        outputs=lambda j, m: [j.out.tiles.table],
+        run=lambda j, m, h: _run_stain(j.out.tiles.root, j.cfg, j.workers),
+        fatal=True,
+    ),
+    Stage(
+        "train",
+        reads="tiles/ with the stain sidecars; the manifest's labels",
+        settings=_train_settings,
+        outputs=lambda j, m: [j.run(m).best],
+        run=lambda j, m, h: _run_train(j.cfg, str(m), j.out.tiles.root, j.run(m).root, h),
+        per_model=True,
+    ),
+    Stage(
+        "evaluate",
+        reads="runs/<model>/checkpoints/best.pt, tiles/",
+        settings=lambda j, m: {
+            "up": j.stamps.token("train", m),
+            "evaluate": to_dict(j.cfg.evaluate),
+        },
+        outputs=lambda j, m: [j.run(m).results, j.run(m).predictions],
+        run=lambda j, m, h: _run_evaluate(j.run(m).root, j.cfg),
+        per_model=True,
+        after="train",
+    ),
+    Stage(
+        "compare",
+        reads="runs/<model>/results.json and predictions.parquet of the evaluated models",
+        settings=lambda j, m: {e: j.stamps.token("evaluate", e) for e in j.evaluated()},
+        outputs=lambda j, m: [j.out.comparison_csv],
+        run=lambda j, m, h: _run_compare([j.run(e).root for e in j.evaluated()], j.out.compare_dir),
+        enabled=lambda j: bool(j.evaluated()),
+    ),
+    Stage(
+        "explain",
+        reads="runs/<model>/checkpoints/best.pt, splits.csv, tiles/",
+        settings=lambda j, m: {
+            "up": j.stamps.token("evaluate", m),
+            "explain": to_dict(j.cfg.explain),
+        },
+        outputs=lambda j, m: [j.run(m).gallery_png],
+        run=lambda j, m, h: _run_explain(j.run(m).root, j.cfg),
+        per_model=True,
+        after="evaluate",
+    ),
+    Stage(
+        "cells",
+        reads="the manifest, tiles/ sidecars, the first evaluated run's predictions.parquet",
+        settings=_cells_settings,
+        outputs=lambda j, m: [j.out.cells_agreement],
+        run=lambda j, m, h: _run_cells(
+            j.manifest,
+            j.run(j.evaluated()[0]).root,
+            j.out.tiles.root,
+            j.out.cells_dir,
+            j.cfg,
+            j.workers,
+        ),
+        enabled=lambda j: bool(j.cfg.cells.enabled and j.evaluated()),
+    ),
+    Stage(
+        "report",
+        reads="everything above (what OutLayout points at)",
+        settings=lambda j, m: None,
+        outputs=lambda j, m: [j.out.report],
+        run=lambda j, m, h: _run_report(j),
+        always=True,  # cheap, and it shows this invocation's timings
+    ),
+)
+
+#: The stages in run order; names accepted by ``force`` (and ``her2scope run --force``).
+STAGES: tuple[str, ...] = tuple(s.name for s in STAGE_TABLE)
+
+
+def _execute(job: _Job, stage: Stage, model: str | None) -> bool:
+    """Run one (stage, model) step unless it is up to date; record it; True when it is done."""
+    label = f"{stage.name}[{model}]" if model else stage.name
+    digest = uuid.uuid4().hex if stage.always else _digest(stage.settings(job, model))
+    st = job.stamps.read(stage.name, model)
+    complete = all(p.exists() for p in stage.outputs(job, model))
+    result = job.result
+    if stage.name not in job.forced and st is not None and st.get("hash") == digest and complete:
+        result.timings.append(StageTiming(stage.name, model, 0.0, True, "skipped"))
+        job.say(f"{label}: up to date, skipped")
+        return True
+    job.stamps.clear(stage.name, model)
+    job.say(f"{label}: running")
+    t0 = time.perf_counter()
+    try:
+        stage.run(job, model, digest)
+    except Exception as exc:
+        seconds = time.perf_counter() - t0
+        reason = _user_reason(exc)
+        msg = f"{label} failed: {reason}"
+        result.timings.append(StageTiming(stage.name, model, seconds, False, "failed", reason))
+        if stage.fatal:
+            _write_timings(job.out, result)
+            raise
+        if isinstance(exc, Her2ScopeError):
+            log.debug("%s", msg, exc_info=True)
+            job.say(msg)
+        else:  # a bug or a library error: the traceback only when debugging, then go on
+            log.error("%s", msg, exc_info=_debug())
+        result.failures.append(msg)
+        return False
+    seconds = time.perf_counter() - t0
+    job.stamps.write(stage.name, model, digest, seconds)
+    result.timings.append(StageTiming(stage.name, model, seconds, False))
+    job.say(f"{label}: done in {seconds:.1f} s")
+    return True
+
+
+def _execute_table(job: _Job, table: Sequence[Stage]) -> None:
+    """Run ``table`` in order. Consecutive per-model stages run model by model (train then
+    evaluate one model before training the next), each for the models its ``after`` stage
+    finished."""
+    i = 0
+    while i < len(table):
+        block = [table[i]]
+        while block[-1].per_model and i + len(block) < len(table):
+            nxt = table[i + len(block)]
+            if not nxt.per_model:
+                break
+            block.append(nxt)
+        i += len(block)
+        for stage in block:
+            job.done[stage.name] = []
+        if not block[0].per_model:
+            stage = block[0]
+            if stage.enabled(job) and _execute(job, stage, None):
+                job.done[stage.name].append(None)
+            continue
+        first = block[0]
+        candidates = list(job.models) if first.after is None else list(job.done[first.after])
+        for m in candidates:
+            for stage in block:
+                ready = stage.after is None or m in job.done[stage.after]
+                if ready and stage.enabled(job) and _execute(job, stage, m):
+                    job.done[stage.name].append(m)
+
+
 def _run_pipeline(
     cfg: RunConfig,
     force: Sequence[str],
@@ -220,189 +443,27 @@ def _run_pipeline(
             f"cohort.manifest '{manifest}' not found; set it in the config or with "
             "cohort.manifest=PATH"
         )
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = OutLayout(Path(cfg.out_dir))
+    out.root.mkdir(parents=True, exist_ok=True)
     if workers is None:
         from her2scope.tiling.extract import cpu_workers
 
         workers = min(4, cpu_workers())
-    n_workers = max(1, int(workers))
-    tiles_dir = out / "tiles"
-    runs_dir = out / "runs"
-    stamps = _Stamps(out)
-    result = PipelineResult(out, None, {m: runs_dir / run_dir_name(m) for m in model_names})
+    result = PipelineResult(out.root, None, {m: out.run(m).root for m in model_names})
     from her2scope.config import dump_config
 
-    resolved_path = _resolved_config_path(out, model_names, config_path)
-    if resolved_path.name != "config.yaml":
+    resolved_path = _resolved_config_path(out.root, model_names, config_path)
+    if resolved_path != out.config:
         say(
             f"config: {config_path} is the output folder's config.yaml; it is left unchanged and "
             f"the resolved config is written to {resolved_path.name}"
         )
     dump_config(cfg, resolved_path)
-
-    def step(
-        stage: str,
-        model: str | None,
-        digest: str,
-        outputs: Sequence[Path],
-        fn: Callable[[], Any],
-        fatal: bool,
-    ) -> bool:
-        label = f"{stage}[{model}]" if model else stage
-        st = stamps.read(stage, model)
-        complete = all(p.exists() for p in outputs)
-        if stage not in forced and st is not None and st.get("hash") == digest and complete:
-            result.timings.append(StageTiming(stage, model, 0.0, True, "skipped"))
-            say(f"{label}: up to date, skipped")
-            return True
-        stamps.clear(stage, model)
-        say(f"{label}: running")
-        t0 = time.perf_counter()
-        try:
-            fn()
-        except Exception as exc:
-            seconds = time.perf_counter() - t0
-            reason = _user_reason(exc)
-            msg = f"{label} failed: {reason}"
-            result.timings.append(StageTiming(stage, model, seconds, False, "failed", reason))
-            if fatal:
-                _write_timings(out, result)
-                raise
-            if isinstance(exc, Her2ScopeError):
-                log.debug("%s", msg, exc_info=True)
-                say(msg)
-            else:  # a bug or a library error: the traceback only when debugging, then go on
-                log.error("%s", msg, exc_info=_debug())
-            result.failures.append(msg)
-            return False
-        seconds = time.perf_counter() - t0
-        stamps.write(stage, model, digest, seconds)
-        result.timings.append(StageTiming(stage, model, seconds, False))
-        say(f"{label}: done in {seconds:.1f} s")
-        return True
-
-    # 1. tiling ------------------------------------------------------------------------------
-    tile_hash = _digest(
-        {"manifest": _file_digest(manifest), "path": str(manifest), "tiling": to_dict(cfg.tiling)}
+    job = _Job(
+        cfg, out, manifest, max(1, int(workers)), model_names, _Stamps(out), result, forced, say
     )
-    step(
-        "tile",
-        None,
-        tile_hash,
-        [tiles_dir / "tiles.parquet", tiles_dir / "tiling_report.json"],
-        lambda: _run_tiling(manifest, tiles_dir, cfg, n_workers),
-        fatal=True,
-    )
-
-    # 2. stain fit ---------------------------------------------------------------------------
-    stain_hash = _digest({"up": stamps.token("tile"), "stain": to_dict(cfg.stain)})
-    step(
-        "stain",
-        None,
-        stain_hash,
-        [tiles_dir / "tiles.parquet"],
-        lambda: _run_stain(tiles_dir, cfg, n_workers),
-        fatal=True,
-    )
-
-    # 3-4. train and evaluate each model -----------------------------------------------------
-    train_settings = to_dict(cfg.train)
-    train_settings.pop("models", None)
-    evaluated: list[str] = []
-    for m in model_names:
-        run_dir = result.run_dirs[m]
-        train_hash = _digest(
-            {
-                "up": stamps.token("stain"),
-                "model": m,
-                "seed": cfg.seed,
-                "cohort": to_dict(cfg.cohort),
-                "train": train_settings,
-            }
-        )
-        ok = step(
-            "train",
-            m,
-            train_hash,
-            [run_dir / "checkpoints" / "best.pt"],
-            lambda m=m, run_dir=run_dir, h=train_hash: _run_train(cfg, m, tiles_dir, run_dir, h),
-            fatal=False,
-        )
-        if not ok:
-            continue
-        eval_hash = _digest({"up": stamps.token("train", m), "evaluate": to_dict(cfg.evaluate)})
-        ok = step(
-            "evaluate",
-            m,
-            eval_hash,
-            [run_dir / "results.json", run_dir / "predictions.parquet"],
-            lambda run_dir=run_dir: _run_evaluate(run_dir, cfg),
-            fatal=False,
-        )
-        if ok:
-            evaluated.append(m)
-
-    # 5. compare -----------------------------------------------------------------------------
-    compare_dir = out / "compare"
-    if evaluated:
-        compare_hash = _digest({m: stamps.token("evaluate", m) for m in evaluated})
-        step(
-            "compare",
-            None,
-            compare_hash,
-            [compare_dir / "comparison.csv"],
-            lambda: _run_compare([result.run_dirs[m] for m in evaluated], compare_dir),
-            fatal=False,
-        )
-
-    # 6. explain -----------------------------------------------------------------------------
-    for m in evaluated:
-        explain_hash = _digest({"up": stamps.token("evaluate", m), "explain": to_dict(cfg.explain)})
-        step(
-            "explain",
-            m,
-            explain_hash,
-            [result.run_dirs[m] / "explain" / "gallery.png"],
-            lambda m=m: _run_explain(result.run_dirs[m], cfg),
-            fatal=False,
-        )
-
-    # 7. cell-level ASCO/CAP scoring of the evaluated split, beside the first model's CNN -------
-    if cfg.cells.enabled and evaluated:
-        first = evaluated[0]
-        cells_hash = _digest(
-            {
-                "up": [stamps.token("stain"), stamps.token("evaluate", first)],
-                "model": first,
-                "cells": to_dict(cfg.cells),
-                "split": cfg.evaluate.split,
-                "aggregate": [cfg.evaluate.aggregate, cfg.evaluate.percent_threshold],
-            }
-        )
-        step(
-            "cells",
-            None,
-            cells_hash,
-            [out / "cells" / "cells_agreement.json"],
-            lambda: _run_cells(
-                manifest, result.run_dirs[first], tiles_dir, out / "cells", cfg, n_workers
-            ),
-            fatal=False,
-        )
-
-    # 8. report (always rebuilt: it is cheap and reads everything above) ----------------------
-    _write_timings(out, result)
-    report_path = out / "report.html"
-
-    def _report() -> None:
-        from her2scope.report.html import write_report
-
-        write_report(out, cfg, report_path)
-
-    report_hash = uuid.uuid4().hex  # never skipped
-    step("report", None, report_hash, [report_path], _report, fatal=False)
-    result.report_path = report_path if report_path.is_file() else None
+    _execute_table(job, STAGE_TABLE)
+    result.report_path = out.report if out.report.is_file() else None
     _write_timings(out, result)
     return result
 
@@ -425,11 +486,12 @@ def _resolved_config_path(
     """Where the resolved config goes without replacing the user's config file (see run_pipeline)."""
     from her2scope._io import same_file
 
-    target = out / "config.yaml"
+    layout = OutLayout(out)
+    target = layout.config
     if config_path is None:
         return target
     for m in model_names:
-        run_cfg = out / "runs" / run_dir_name(m) / "config.yaml"
+        run_cfg = layout.run(m).config
         if same_file(config_path, run_cfg):
             raise ConfigError(
                 f"config '{config_path}' is the run folder's own config.yaml, which training "
@@ -437,13 +499,13 @@ def _resolved_config_path(
                 "run that copy"
             )
     if same_file(config_path, target):
-        return out / "config.resolved.yaml"
+        return layout.resolved_config
     return target
 
 
-def _write_timings(out: Path, result: PipelineResult) -> None:
+def _write_timings(out: OutLayout, result: PipelineResult) -> None:
     write_json(
-        out / "timings.json",
+        out.timings,
         {
             "steps": [dataclasses.asdict(t) for t in result.timings],
             "total_seconds": round(sum(t.seconds for t in result.timings), 3),
@@ -514,9 +576,10 @@ def _run_stain(tiles_dir: Path, cfg: RunConfig, workers: int) -> None:
 def _run_train(cfg: RunConfig, model: str, tiles_dir: Path, run_dir: Path, digest: str) -> None:
     from her2scope.engine.train import train_model
 
-    started = run_dir / ".pipeline_started.json"
+    run = RunLayout(run_dir)
+    started = run.pipeline_started
     resume = False
-    if (run_dir / "checkpoints" / "last.pt").is_file() and started.is_file():
+    if run.last.is_file() and started.is_file():
         try:
             resume = json.loads(started.read_text(encoding="utf-8")).get("hash") == digest
         except (OSError, ValueError):
@@ -575,7 +638,14 @@ def _run_explain(run_dir: Path, cfg: RunConfig) -> None:
     )
     masks = Path(cfg.cohort.manifest).parent / "masks"
     if masks.is_dir():  # a synthetic cohort with ground truth: where do the maps point?
-        from her2scope.explain.pointing import POINTING_JSON, measure_pointing
+        from her2scope.explain.pointing import measure_pointing
 
         measured = measure_pointing(run_dir, masks, split=cfg.evaluate.split)
-        write_json(run_dir / "explain" / POINTING_JSON, measured)
+        write_json(RunLayout(run_dir).pointing, measured)
+
+
+def _run_report(job: _Job) -> None:
+    from her2scope.report.html import write_report
+
+    _write_timings(job.out, job.result)  # the report shows this invocation's timings so far
+    write_report(job.out.root, job.cfg, job.out.report)

@@ -244,3 +244,49 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path) -> None:
     cfg = apply_overrides(RunConfig(), [f"out_dir={tmp_path}", "cohort.manifest=nope.csv"])
     with pytest.raises(ConfigError, match=r"cohort.manifest .*nope.csv' not found"):
         pipeline.run_pipeline(cfg)
+
+
+def test_models_train_then_evaluate_one_after_the_other(
+    setup: tuple[FakeStages, RunConfig],
+) -> None:
+    _, cfg = setup
+    res = pipeline.run_pipeline(cfg, models=["vgg16", "alexnet"])
+    assert [(t.stage, t.model) for t in res.timings] == [
+        ("tile", None),
+        ("stain", None),
+        ("train", "vgg16"),
+        ("evaluate", "vgg16"),
+        ("train", "alexnet"),
+        ("evaluate", "alexnet"),
+        ("compare", None),
+        ("explain", "vgg16"),
+        ("explain", "alexnet"),
+        ("report", None),
+    ]
+
+
+def test_cells_stage_runs_when_enabled_beside_the_first_evaluated_model(
+    setup: tuple[FakeStages, RunConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes, cfg = setup
+    seen: list[str] = []
+
+    def cells(
+        manifest: Path, run_dir: Path, tiles_dir: Path, out: Path, cfg: RunConfig, workers: int
+    ) -> None:
+        seen.append(run_dir.name)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cells_agreement.json").write_text("{}")
+
+    monkeypatch.setattr(pipeline, "_run_cells", cells)
+    fakes.fail_train = {"vgg16"}
+    res = pipeline.run_pipeline(cfg, models=["vgg16", "alexnet"])
+    assert seen == []  # cells.enabled is off by default
+    assert "cells" not in [t.stage for t in res.timings]
+    on = apply_overrides(cfg, ["cells.enabled=true"])
+    res = pipeline.run_pipeline(on, models=["vgg16", "alexnet"])
+    assert seen == ["alexnet"]  # vgg16 failed to train: the first evaluated model is alexnet
+    assert [t.stage for t in res.timings][-2:] == ["cells", "report"]
+    fakes.fail_train = set()
+    pipeline.run_pipeline(on, models=["vgg16", "alexnet"])
+    assert seen == ["alexnet", "vgg16"]  # now vgg16 is evaluated first: cells follows it
