@@ -20,6 +20,7 @@ from her2scope.errors import ConfigError
 from her2scope.evaluate.bootstrap import paired_difference
 from her2scope.evaluate.config import EvaluateConfig
 from her2scope.evaluate.run import level_tables, stats_for
+from her2scope.layout import RunLayout, comparison_paths
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,17 @@ def _fmt(entry: Any) -> str:
 
 
 def _load(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
-    res_path, pred_path = run_dir / "results.json", run_dir / "predictions.parquet"
-    if not res_path.is_file() or not pred_path.is_file():
+    run = RunLayout(run_dir)
+    if not run.results.is_file() or not run.predictions.is_file():
         raise ConfigError(
-            f"run '{run_dir}' has not been evaluated (no results.json / predictions.parquet); "
-            f"run `her2scope evaluate {run_dir}` first"
+            f"run '{run_dir}' has not been evaluated (no {run.results.name} / "
+            f"{run.predictions.name}); run `her2scope evaluate {run_dir}` first"
         )
     try:
-        res = json.loads(res_path.read_text(encoding="utf-8"))
+        res = json.loads(run.results.read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise ConfigError(f"'{res_path}' is not valid JSON ({exc}); re-run evaluate") from None
-    return res, pd.read_parquet(pred_path)
+        raise ConfigError(f"'{run.results}' is not valid JSON ({exc}); re-run evaluate") from None
+    return res, pd.read_parquet(run.predictions)
 
 
 def _names(run_dirs: list[Path], results: list[dict[str, Any]]) -> list[str]:
@@ -54,6 +55,65 @@ def _names(run_dirs: list[Path], results: list[dict[str, Any]]) -> list[str]:
     if len(set(names)) < len(names):
         names = [str(d) for d in run_dirs]
     return names
+
+
+def summary_row(
+    name: str, res: dict[str, Any], classes: Sequence[str], level: str
+) -> dict[str, Any]:
+    """One model's row: its own point estimates with CIs at ``level`` (from results.json)."""
+    lv = res["levels"][level]
+    row: dict[str, Any] = {"model": name, "n_patients": res["n"]["patients"]}
+    if level != "patient":
+        row[f"n_{level}s"] = lv.get("n")
+    row["macro_auc"] = _fmt(lv["macro_auc"])
+    row.update({f"auc_{c}": _fmt(lv[f"auc_{c}"]) for c in classes})
+    for m in ("accuracy", "macro_f1", "kappa_quadratic"):
+        row[m] = _fmt(lv[m])
+    return row
+
+
+def paired_against_best(
+    results: Sequence[dict[str, Any]],
+    preds: Sequence[pd.DataFrame],
+    classes: Sequence[str],
+    level: str,
+    shared: list[str],
+    n_boot: int,
+    seed: int,
+) -> list[dict[str, str]]:
+    """``delta_macro_auc_vs_best`` and ``p_value`` per run: a paired patient bootstrap of each run
+    against the one with the highest macro-AUC, on the ``shared`` patients (each run
+    re-aggregated with the rule it was evaluated with; one set of resamples for both runs)."""
+    values = [r["levels"][level]["macro_auc"]["value"] for r in results]
+    best = max(range(len(values)), key=lambda i: -1.0 if values[i] is None else values[i])
+    stats = []
+    for res, pred in zip(results, preds, strict=True):
+        agg = res.get("aggregation", {})
+        cfg = EvaluateConfig(
+            aggregate=agg.get("rule", "mean"),
+            percent_threshold=float(agg.get("percent_threshold", 10.0)),
+        )
+        pred = pred[pred["patient_id"].astype(str).isin(shared)].copy()
+        pred["patient_id"] = pred["patient_id"].astype(str)
+        table = level_tables(pred, classes, cfg)[level]
+        stats.append(stats_for(table, classes, shared, int(res.get("ece_bins", 10))))
+    out = []
+    for i in range(len(results)):
+        if i == best:
+            out.append({"delta_macro_auc_vs_best": "(reference)", "p_value": ""})
+            continue
+        d = paired_difference(stats[i], stats[best], "macro_auc", n_boot=n_boot, seed=seed)
+        if d["n_valid"] == 0 or d["difference"] != d["difference"]:
+            out.append({"delta_macro_auc_vs_best": "n/a", "p_value": ""})
+        else:
+            lo, hi = d["ci"]
+            out.append(
+                {
+                    "delta_macro_auc_vs_best": f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+                    "p_value": f"{d['p_value']:.3g}",
+                }
+            )
+    return out
 
 
 def compare_runs(
@@ -72,8 +132,6 @@ def compare_runs(
     the paired columns. Raises ``ConfigError`` for an unevaluated run or runs with different
     classes.
     """
-    from her2scope._io import write_text, write_with
-
     if level not in ("tile", "slide", "patient"):
         raise ConfigError(f"level must be tile, slide or patient, not '{level}'")
     dirs = [Path(d) for d in run_dirs]
@@ -81,90 +139,55 @@ def compare_runs(
         raise ConfigError("compare needs at least one run directory")
     loaded = [_load(d) for d in dirs]
     results = [r for r, _ in loaded]
+    preds = [p for _, p in loaded]
     classes = list(results[0]["classes"])
     for d, r in zip(dirs, results, strict=True):
         if list(r["classes"]) != classes:
             raise ConfigError(f"run '{d}' has classes {r['classes']}, the first run {classes}")
-    names = _names(dirs, results)
     boot = results[0].get("bootstrap", {})
     n_boot = int(n_boot if n_boot is not None else boot.get("n_boot", 1000))
     seed = int(seed if seed is not None else boot.get("seed", 0))
 
-    rows = []
-    for name, res in zip(names, results, strict=True):
-        lv = res["levels"][level]
-        row: dict[str, Any] = {"model": name, "n_patients": res["n"]["patients"]}
-        if level != "patient":
-            row[f"n_{level}s"] = lv.get("n")
-        row["macro_auc"] = _fmt(lv["macro_auc"])
-        row.update({f"auc_{c}": _fmt(lv[f"auc_{c}"]) for c in classes})
-        for m in ("accuracy", "macro_f1", "kappa_quadratic"):
-            row[m] = _fmt(lv[m])
-        row["_macro_auc_value"] = lv["macro_auc"]["value"]
-        rows.append(row)
-
-    # paired bootstrap of macro-AUC against the best run, on shared patients
-    values = [r["_macro_auc_value"] for r in rows]
-    shared = sorted(set.intersection(*(set(p["patient_id"].astype(str)) for _, p in loaded)))
+    names = _names(dirs, results)
+    rows = [summary_row(n, r, classes, level) for n, r in zip(names, results, strict=True)]
     # runs on disjoint test sets (leave-one-centre-out folds: one row per held-out centre) are
     # listed with their own CIs and not paired
-    if len(dirs) > 1 and shared and any(v is not None for v in values):
-        best = max(range(len(values)), key=lambda i: -1.0 if values[i] is None else values[i])
-        stats = []
-        for res, (_, pred) in zip(results, loaded, strict=True):
-            agg = res.get("aggregation", {})
-            cfg = EvaluateConfig(
-                aggregate=agg.get("rule", "mean"),
-                percent_threshold=float(agg.get("percent_threshold", 10.0)),
-            )
-            pred = pred[pred["patient_id"].astype(str).isin(shared)].copy()
-            pred["patient_id"] = pred["patient_id"].astype(str)
-            table = level_tables(pred, classes, cfg)[level]
-            stats.append(stats_for(table, classes, shared, int(res.get("ece_bins", 10))))
-        for i, row in enumerate(rows):
-            if i == best:
-                row["delta_macro_auc_vs_best"] = "(reference)"
-                row["p_value"] = ""
-                continue
-            d = paired_difference(stats[i], stats[best], "macro_auc", n_boot=n_boot, seed=seed)
-            if d["n_valid"] == 0 or d["difference"] != d["difference"]:
-                row["delta_macro_auc_vs_best"] = "n/a"
-                row["p_value"] = ""
-            else:
-                lo, hi = d["ci"]
-                row["delta_macro_auc_vs_best"] = f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-                row["p_value"] = f"{d['p_value']:.3g}"
-        n_shared = len(shared)
-    else:
-        n_shared = None
-    table = pd.DataFrame(rows).drop(columns="_macro_auc_value")
-
-    out = Path(out_dir)
-    write_with(out / "comparison.csv", lambda p: table.to_csv(p, index=False))
-    synthetic = any(r.get("synthetic") for r in results)
-    lines = [
-        f"# Model comparison ({level} level, split '{results[0].get('split', '?')}')",
-        "",
-        _markdown(table),
-        "",
+    shared = sorted(set.intersection(*(set(p["patient_id"].astype(str)) for p in preds)))
+    any_auc = any(r["levels"][level]["macro_auc"]["value"] is not None for r in results)
+    paired = len(dirs) > 1 and bool(shared) and any_auc
+    if paired:
+        deltas = paired_against_best(results, preds, classes, level, shared, n_boot, seed)
+        for row, delta in zip(rows, deltas, strict=True):
+            row.update(delta)
+    table = pd.DataFrame(rows)
+    notes = [
         f"Values: point estimate [{int(100 * boot.get('ci', 0.95))} % CI, bootstrap over patients, "
-        f"{n_boot} resamples, seed {seed}].",
+        f"{n_boot} resamples, seed {seed}]."
     ]
     if len(dirs) > 1 and not shared:
-        lines.append(
+        notes.append(
             "The runs share no patients (e.g. leave-one-centre-out folds): each row is its own "
             "test set, with its own CIs; no paired comparison."
         )
-    if n_shared is not None:
-        lines.append(
-            f"Δ macro-AUC: paired patient bootstrap against the best run on the {n_shared} "
+    if paired:
+        notes.append(
+            f"Δ macro-AUC: paired patient bootstrap against the best run on the {len(shared)} "
             "shared patients; p: two-sided bootstrap p-value."
         )
-    if synthetic:
-        lines.append("")
-        lines.append("**Synthetic cohort: these numbers are not clinical performance.**")
-    write_text(out / "comparison.md", "\n".join(lines) + "\n")
+    if any(r.get("synthetic") for r in results):
+        notes += ["", "**Synthetic cohort: these numbers are not clinical performance.**"]
+    title = f"# Model comparison ({level} level, split '{results[0].get('split', '?')}')"
+    write_comparison(table, Path(out_dir), title, notes)
     return table
+
+
+def write_comparison(table: pd.DataFrame, out_dir: Path, title: str, notes: Sequence[str]) -> None:
+    """``comparison.csv`` (the table) and ``comparison.md`` (title, table, notes) in ``out_dir``."""
+    from her2scope._io import write_text, write_with
+
+    csv_path, md_path = comparison_paths(out_dir)
+    write_with(csv_path, lambda p: table.to_csv(p, index=False))
+    write_text(md_path, "\n".join([title, "", _markdown(table), "", *notes]) + "\n")
 
 
 def _markdown(df: pd.DataFrame) -> str:

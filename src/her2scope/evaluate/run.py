@@ -42,6 +42,7 @@ from her2scope.evaluate.metrics import (
     point_metrics,
     sufficient_stats,
 )
+from her2scope.layout import RunLayout, TilesLayout
 
 logger = logging.getLogger(__name__)
 
@@ -261,24 +262,16 @@ def calibration_summary(
     }
 
 
-def _load_normalizers(tiles_dir: Path, stain_cfg: Any) -> dict[str, Any]:
-    if getattr(stain_cfg, "mode", "none") == "none":
-        return {}
-    from her2scope.stain import load_normalizers
-
-    return dict(load_normalizers(tiles_dir, stain_cfg))
-
-
 def _split_tiles(
     run_dir: Path, tiles_dir: Path, split: str, classes: Sequence[str], scheme: str
 ) -> pd.DataFrame:
     from her2scope.cohort.splits import read_splits
     from her2scope.labels import get_scheme
 
-    tiles_path = tiles_dir / "tiles.parquet"
+    tiles_path = TilesLayout(tiles_dir).table
     if not tiles_path.is_file():
         raise ConfigError(f"run '{run_dir}': its tile table '{tiles_path}' is missing")
-    splits = read_splits(run_dir / "splits.csv")
+    splits = read_splits(RunLayout(run_dir).splits)
     known = sorted(set(splits["split"].str.strip()))
     chosen = splits[splits["split"].str.strip() == split]
     if chosen.empty:
@@ -322,16 +315,18 @@ def evaluate_run(
     from her2scope._io import write_json, write_with
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.engine.predict import predict_tiles
+    from her2scope.stain import load_normalizers
 
     cfg = cfg or EvaluateConfig()
     run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"run directory '{run_dir}' does not exist")
     model, meta = load_run_model(run_dir, "best")
     classes = list(meta.classes)
     tiles_dir = Path(meta.tiles_dir)
     tiles = _split_tiles(run_dir, tiles_dir, split, classes, meta.config.cohort.label_scheme)
-    normalizers = _load_normalizers(tiles_dir, meta.config.stain)
+    normalizers = load_normalizers(tiles_dir, meta.config.stain)  # {} when stain.mode is none
     logger.info("predicting %d tiles of split '%s' with %s", len(tiles), split, meta.model_name)
     raw = predict_tiles(model, meta, tiles, normalizers, batch_size=cfg.batch_size)
     cal = load_calibration(run_dir, meta.config.evaluate.reflex_uncertainty)
@@ -340,7 +335,7 @@ def evaluate_run(
     pred = tiles[[c for c in PREDICTION_COLUMNS if c in tiles.columns]].copy()
     for j, col in enumerate(prob_columns(classes)):
         pred[col] = probs[:, j].astype(np.float64)
-    write_with(run_dir / "predictions.parquet", lambda p: pred.to_parquet(p, index=False))
+    write_with(layout.predictions, lambda p: pred.to_parquet(p, index=False))
 
     tables = level_tables(pred, classes, cfg)
     results = evaluate_predictions(pred, classes, cfg, tables=tables)
@@ -361,6 +356,6 @@ def evaluate_run(
     if cfg.plots:
         from her2scope.evaluate.plots import write_plots
 
-        results["plots"] = write_plots(tables, classes, run_dir / "plots", cfg.ece_bins)
-    write_json(run_dir / "results.json", results)
+        results["plots"] = write_plots(tables, classes, layout.plots_dir, cfg.ece_bins)
+    write_json(layout.results, results)
     return results
