@@ -14,27 +14,26 @@ def stitch_cams(
 ) -> np.ndarray:
     """Place each tile's CAM ([N, h, w], values in [0, 1]) at its position in a ``map_shape`` map.
 
-    A map pixel covers ``downsample`` level-0 pixels; each CAM is resized (area averaging) to its
-    tile's footprint; overlaps are averaged; pixels no tile covers are NaN.
+    A map pixel covers ``downsample`` level-0 pixels; each CAM is resized (area averaging) to the
+    map pixels its tile paints (:func:`her2scope.scoring.heatmap.tile_boxes`, the same rule as
+    the expected-score map); overlaps are averaged; pixels no tile covers are NaN.
     """
     import cv2
 
+    from her2scope.scoring.heatmap import tile_boxes
+
     cams = np.asarray(cams, dtype=np.float32)
-    xy = np.asarray(level0_xy, dtype=np.float64).reshape(-1, 2)
-    if cams.ndim != 3 or len(cams) != len(xy):
-        raise ValueError(f"need [N, h, w] CAMs for {len(xy)} tiles, got shape {cams.shape}")
-    side = np.broadcast_to(np.asarray(tile_level0_px, dtype=np.float64), (len(xy),))
+    boxes = tile_boxes(level0_xy, tile_level0_px, downsample)
+    if cams.ndim != 3 or len(cams) != len(boxes):
+        raise ValueError(f"need [N, h, w] CAMs for {len(boxes)} tiles, got shape {cams.shape}")
     h, w = map_shape
     acc = np.zeros((h, w), dtype=np.float64)
     cnt = np.zeros((h, w), dtype=np.float64)
-    for cam, (x, y), s in zip(cams, xy, side, strict=True):
-        c0, r0 = round(float(x) / downsample), round(float(y) / downsample)
-        size = max(round(float(s) / downsample), 1)
-        patch = cv2.resize(cam, (size, size), interpolation=cv2.INTER_AREA)
-        rr0, cc0 = max(r0, 0), max(c0, 0)
-        rr1, cc1 = min(r0 + size, h), min(c0 + size, w)
+    for cam, (r0, r1, c0, c1) in zip(cams, boxes, strict=True):
+        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
         if rr1 <= rr0 or cc1 <= cc0:
             continue
+        patch = cv2.resize(cam, (int(c1 - c0), int(r1 - r0)), interpolation=cv2.INTER_AREA)
         acc[rr0:rr1, cc0:cc1] += patch[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
         cnt[rr0:rr1, cc0:cc1] += 1
     out = np.full((h, w), np.nan)

@@ -11,6 +11,30 @@ import numpy as np
 from her2scope._io import atomic_path
 
 
+def tile_boxes(
+    level0_xy: np.ndarray,
+    tile_level0_px: np.ndarray | float,
+    downsample: float,
+) -> np.ndarray:
+    """The map pixels each tile paints, as ``[N, 4]`` int rows ``(r0, r1, c0, c1)`` (half-open,
+    not clipped to the map): the one tile-to-map rule of her2scope.
+
+    Map pixel ``(r, c)`` covers level-0 ``[c·d, (c+1)·d) × [r·d, (r+1)·d)`` for ``d = downsample``.
+    A tile ``[x, x+s) × [y, y+s)`` paints the map pixels whose **centre** lies inside it, so tiles
+    of a grid paint the map without gaps or double-painted seams whatever ``d``; a tile smaller than
+    a pixel that holds no pixel centre paints the one pixel holding its own centre.
+    """
+    xy = np.asarray(level0_xy, dtype=np.float64).reshape(-1, 2)
+    side = np.broadcast_to(np.asarray(tile_level0_px, dtype=np.float64), (len(xy),))
+    lo = np.ceil(xy / downsample - 0.5)
+    hi = np.ceil((xy + side[:, None]) / downsample - 0.5)
+    own = np.floor((xy + side[:, None] / 2) / downsample)  # the pixel holding the tile centre
+    empty = hi <= lo
+    lo = np.where(empty, own, lo)
+    hi = np.where(empty, own + 1, hi)
+    return np.stack([lo[:, 1], hi[:, 1], lo[:, 0], hi[:, 0]], axis=1).astype(np.int64)
+
+
 def tile_value_map(
     level0_xy: np.ndarray,
     tile_level0_px: np.ndarray | float,
@@ -20,22 +44,18 @@ def tile_value_map(
 ) -> np.ndarray:
     """Rasterise one value per tile into a ``map_shape`` (rows, cols) float map; NaN where no tile.
 
-    A map pixel covers ``downsample`` level-0 pixels; overlapping tiles are averaged. Tiles outside
-    the map are clipped.
+    Each tile paints the pixels :func:`tile_boxes` gives it; overlapping tiles are averaged. Tiles
+    outside the map are clipped.
     """
-    xy = np.asarray(level0_xy, dtype=np.float64).reshape(-1, 2)
     vals = np.asarray(values, dtype=np.float64).reshape(-1)
-    if len(vals) != len(xy):
-        raise ValueError(f"{len(vals)} values for {len(xy)} tiles")
-    side = np.broadcast_to(np.asarray(tile_level0_px, dtype=np.float64), (len(xy),))
+    boxes = tile_boxes(level0_xy, tile_level0_px, downsample)
+    if len(vals) != len(boxes):
+        raise ValueError(f"{len(vals)} values for {len(boxes)} tiles")
     h, w = map_shape
     acc = np.zeros((h, w), dtype=np.float64)
     cnt = np.zeros((h, w), dtype=np.float64)
-    for (x, y), s, v in zip(xy, side, vals, strict=True):
-        c0, r0 = int(np.floor(x / downsample)), int(np.floor(y / downsample))
-        c1 = max(int(np.ceil((x + s) / downsample)), c0 + 1)
-        r1 = max(int(np.ceil((y + s) / downsample)), r0 + 1)
-        c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, w), min(r1, h)
+    for (r0, r1, c0, c1), v in zip(boxes, vals, strict=True):
+        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
         if c1 > c0 and r1 > r0:
             acc[r0:r1, c0:c1] += v
             cnt[r0:r1, c0:c1] += 1
@@ -71,14 +91,12 @@ def draw_heatmap(
     """Write a PNG: ``thumbnail`` with the expected-score ``value_map`` (0 … K-1, NaN = no tile)
     over it, the ROI outline (shapely geometry in level-0 px) and a colour bar labelled by class.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object API: no pyplot state, no backend switch
 
     k = len(classes)
     h, w = thumbnail.shape[:2]
-    fig, ax = plt.subplots(figsize=(8, 8 * h / max(w, 1) + 0.6), dpi=100)
+    fig = Figure(figsize=(8, 8 * h / max(w, 1) + 0.6), dpi=100)
+    ax = fig.subplots()
     ax.imshow(thumbnail, extent=(0, w, h, 0))
     masked = np.ma.masked_invalid(value_map)
     mh, mw = value_map.shape
@@ -104,5 +122,4 @@ def draw_heatmap(
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path
