@@ -1,26 +1,30 @@
-"""Evaluation plots (matplotlib, Agg backend): ROC curves, confusion matrix, reliability diagram."""
+"""Evaluation plots (matplotlib's object API): ROC curves, confusion matrix, reliability diagram."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from her2scope.evaluate.aggregate import argmax_high, prob_columns
 
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
-def _save(fig, path: Path) -> None:
+def _figure(figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """A figure with one axes, on matplotlib's object API (no pyplot state, no backend switch)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def _save(fig: Figure, path: Path) -> None:
     from her2scope._io import write_with
 
     write_with(path, lambda p: fig.savefig(p, dpi=110, bbox_inches="tight", format="png"))
@@ -31,13 +35,12 @@ def plot_roc(table: pd.DataFrame, classes: Sequence[str], path: Path, title: str
     on a common FPR grid) only when every class is present."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _figure()
     classes = list(classes)
     y = table["label"].map(classes.index).to_numpy()
     scores = table[prob_columns(classes)].to_numpy(np.float64)
     grid = np.linspace(0, 1, 201)
     tprs = []
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = _figure(figsize=(4.6, 4.2))
     for j, c in enumerate(classes):
         pos = y == j
         if pos.all() or not pos.any():
@@ -53,16 +56,14 @@ def plot_roc(table: pd.DataFrame, classes: Sequence[str], path: Path, title: str
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_confusion(counts: np.ndarray, classes: Sequence[str], path: Path, title: str) -> None:
     """Counts with row percentages (share of each true class); rows = true, columns = called."""
-    plt = _figure()
     counts = np.asarray(counts)
     row = counts.sum(axis=1, keepdims=True)
     pct = np.divide(counts, row, out=np.zeros(counts.shape, dtype=float), where=row > 0) * 100
-    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 1.6, 1.1 * len(classes) + 1.2))
+    fig, ax = _figure(figsize=(1.2 * len(classes) + 1.6, 1.1 * len(classes) + 1.2))
     ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
@@ -79,7 +80,6 @@ def plot_confusion(counts: np.ndarray, classes: Sequence[str], path: Path, title
     ax.set_yticks(range(len(classes)), classes)
     ax.set(xlabel="called", ylabel="true", title=title)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_reliability(
@@ -87,14 +87,13 @@ def plot_reliability(
 ) -> None:
     """Top-label reliability diagram: accuracy vs mean confidence per equal-width bin (bar width is
     the bin, the number above each bar its case count)."""
-    plt = _figure()
     classes = list(classes)
     y = table["label"].map(classes.index).to_numpy()
     scores = table[prob_columns(classes)].to_numpy(np.float64)
     conf = scores.max(axis=1)
     correct = argmax_high(scores, axis=1) == y
     idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = _figure(figsize=(4.6, 4.2))
     edges = np.arange(n_bins) / n_bins
     for b in range(n_bins):
         sel = idx == b
@@ -124,7 +123,6 @@ def plot_reliability(
         ylim=(0, 1),
     )
     _save(fig, path)
-    plt.close(fig)
 
 
 def write_plots(

@@ -42,17 +42,15 @@ def write_gallery(
     side. With ``html_path`` an HTML page with the same content (embedded PNG images; empty groups
     marked "(no tiles)") is written as well.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object API: no pyplot state, no backend switch
 
     all_groups = list(groups)
     groups = [g for g in all_groups if g[1]] or [("no tiles", [])]
     ncol = max((len(items) for _, items in groups), default=1) * 2
     ncol = max(ncol, 2)
     nrow = len(groups)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(1.6 * ncol, 1.9 * nrow + 0.5), squeeze=False)
+    fig = Figure(figsize=(1.6 * ncol, 1.9 * nrow + 0.5))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     for r, (heading, items) in enumerate(groups):
         for c in range(ncol):
             axes[r, c].set_axis_off()
@@ -66,7 +64,6 @@ def write_gallery(
     png_path = Path(png_path)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     if html_path is not None:
         write_text(html_path, _html(all_groups, title))
     return png_path
