@@ -25,6 +25,7 @@ from her2scope.cells.fit import label_index, quadratic_kappa
 from her2scope.cells.reconcile import GRADES, agreement_table, reconcile_call
 from her2scope.cells.slide import AGREEMENT_JSON, SUMMARY_CSV, score_slide_cells
 from her2scope.errors import Her2ScopeError, describe_exception
+from her2scope.layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,14 @@ def run_cells_stage(
     from her2scope.evaluate.aggregate import aggregate
 
     run_dir, out = Path(run_dir), Path(out_dir)
-    splits = read_splits(run_dir / "splits.csv")
+    run = RunLayout(run_dir)
+    splits = read_splits(run.splits)
     wanted = set(splits.loc[splits["split"] == split, "slide_id"])
     rows = manifest_df[manifest_df["slide_id"].isin(wanted)].sort_values("slide_id")
     if rows.empty:
-        raise Her2ScopeError(f"cells: no slide of split '{split}' in {run_dir / 'splits.csv'}")
+        raise Her2ScopeError(f"cells: no slide of split '{split}' in {run.splits}")
 
-    pred = pd.read_parquet(run_dir / "predictions.parquet")
+    pred = pd.read_parquet(run.predictions)
     classes = [c[len("prob_") :] for c in pred.columns if c.startswith("prob_")]
     slides = aggregate(pred, "slide_id", aggregate_rule, classes, percent_threshold)  # type: ignore[arg-type]
     cnn_call = dict(zip(slides["slide_id"], slides["pred"], strict=True))
@@ -120,7 +122,7 @@ def run_cells_stage(
             failures.append(f"{r.slide_id}: {res}")
             summary.append({"slide_id": r.slide_id, "status": "failed", "error": str(res)})
             continue
-        rec = reconcile_call(res, cnn_call.get(r.slide_id), str(run_dir / "predictions.parquet"))
+        rec = reconcile_call(res, cnn_call.get(r.slide_id), str(run.predictions))
         recs.append(rec)
         truth = label_index(str(r.label))
         if truth is not None and rec.get("comparable"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from her2scope.cohort.loco import LOCO_MODE, centres_of, fold_config
 from her2scope.config import RunConfig
 from her2scope.errors import ConfigError
+from her2scope.layout import TilesLayout
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def loco_centres(cfg: RunConfig, tiles_dir: str | Path) -> list[str]:
             manifest, cfg.cohort.label_scheme, allow_absolute=cfg.cohort.allow_absolute_paths
         )
     else:
-        table = Path(tiles_dir) / "tiles.parquet"
+        table = TilesLayout(Path(tiles_dir)).table
         if not table.is_file():
             raise ConfigError(f"no tile table '{table}'; run `her2scope tile` first")
         slides = pd.read_parquet(table, columns=["center"])

@@ -13,14 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
+from her2scope.layout import RunLayout
 
-PROVENANCE_FILE = "provenance.json"
+log = logging.getLogger(__name__)
 
 
 def load_run_provenance(run_dir: str | Path) -> dict[str, Any]:
     """The run's provenance record, or ``{}`` for a run trained before it existed."""
-    path = Path(run_dir) / PROVENANCE_FILE
+    path = RunLayout(Path(run_dir)).provenance
     if not path.is_file():
         return {}
     try:

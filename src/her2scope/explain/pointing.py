@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-POINTING_JSON = "pointing_game.json"
+from her2scope.layout import RunLayout, TilesLayout
 
 REGIONS = ("membrane", "nucleus", "cytoplasm", "stroma", "glass")
 
@@ -54,9 +54,9 @@ def measure_pointing(
     from her2scope.stain.macenko import od_lut
 
     model, meta = load_run_model(run_dir, "best")
-    splits = pd.read_csv(run_dir / "splits.csv", dtype=str)
+    splits = pd.read_csv(RunLayout(run_dir).splits, dtype=str)
     test = set(splits.loc[splits["split"] == split, "slide_id"])
-    tiles = pd.read_parquet(Path(meta.tiles_dir) / "tiles.parquet")
+    tiles = pd.read_parquet(TilesLayout(Path(meta.tiles_dir)).table)
     tiles = tiles[tiles["slide_id"].astype(str).isin(test)].reset_index(drop=True)
     norms = load_normalizers(meta.tiles_dir, meta.config.stain)
     ref_inv = np.linalg.pinv(default_reference().stain_matrix.T)

@@ -19,6 +19,7 @@ import numpy as np
 
 from her2scope._progress import track
 from her2scope.errors import ConfigError
+from her2scope.layout import GALLERY_HTML, GALLERY_PNG, RunLayout, TilesLayout, slide_map_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -80,22 +81,14 @@ def tile_cams(
 def _load_tiles(meta: RunMeta, run_dir: Path) -> tuple[pd.DataFrame, Path]:
     from her2scope._io import read_parquet
 
-    cand = [Path(meta.tiles_dir), run_dir / meta.tiles_dir]
+    cand = [TilesLayout(Path(meta.tiles_dir)), TilesLayout(run_dir / meta.tiles_dir)]
     for d in cand:
-        if (d / "tiles.parquet").is_file():
-            return read_parquet(d / "tiles.parquet"), d
+        if d.table.is_file():
+            return read_parquet(d.table), d.root
     raise ConfigError(
-        f"run '{run_dir}': its tiles table '{Path(meta.tiles_dir) / 'tiles.parquet'}' is missing; "
+        f"run '{run_dir}': its tiles table '{cand[0].table}' is missing; "
         "re-create it with `her2scope tile` into that folder"
     )
-
-
-def _normalizers(meta: RunMeta, tiles_dir: Path) -> Mapping[str, Any] | None:
-    if meta.config.stain.mode == "none":
-        return None
-    from her2scope.stain import load_normalizers
-
-    return load_normalizers(tiles_dir, meta.config.stain)
 
 
 def explain_run(
@@ -120,8 +113,10 @@ def explain_run(
     from her2scope.engine.predict import predict_tiles, resolve_device
     from her2scope.explain.gallery import pick_confident, write_gallery
     from her2scope.explain.gradcam import overlay
+    from her2scope.stain import load_normalizers
 
     run = Path(run_dir)
+    layout = RunLayout(run)
     dev = resolve_device(device)
     model, meta = load_run_model(run, "best", device=dev)
     tiles, tiles_dir = _load_tiles(meta, run)
@@ -134,7 +129,7 @@ def explain_run(
     else:
         import pandas as pd
 
-        splits_csv = run / "splits.csv"
+        splits_csv = layout.splits
         if not splits_csv.is_file():
             raise ConfigError(f"run '{run}' has no splits.csv; give --slide ID instead")
         splits = pd.read_csv(splits_csv, dtype=str)
@@ -147,8 +142,8 @@ def explain_run(
             )
         what = f"split {split}"
     sel = sel.reset_index(drop=True)
-    out = Path(out_dir) if out_dir is not None else run / "explain"
-    norms = _normalizers(meta, tiles_dir)
+    out = Path(out_dir) if out_dir is not None else layout.explain_dir
+    norms = load_normalizers(tiles_dir, meta.config.stain)  # {} when stain.mode is none
     classes = list(meta.classes)
     probs = predict_tiles(model, meta, sel, norms, batch_size=batch_size, device=dev)
     labels = np.array(
@@ -177,10 +172,10 @@ def explain_run(
         groups.append((f"predicted {classes[k]} — {'correct' if correct else 'wrong'}", items))
     synthetic = " [SYNTHETIC DATA]" if meta.config.synthetic else ""
     write_gallery(
-        out / "gallery.png",
+        out / GALLERY_PNG,
         groups,
         f"{meta.model_name}: most confident tiles, {what}{synthetic}",
-        html_path=out / "gallery.html",
+        html_path=out / GALLERY_HTML,
     )
 
     # stitched slide maps
@@ -243,7 +238,7 @@ def explain_scored(
     run = (
         Path(run_dir) if run_dir is not None else Path(doc.get("provenance", {}).get("run_dir", ""))
     )
-    if not (run / "checkpoints").is_dir():
+    if not RunLayout(run).checkpoint_dir.is_dir():
         raise ConfigError(f"run '{run}' of '{path}' not found; pass the run folder")
     dev = resolve_device(device)
     model, meta = load_run_model(run, "best", device=dev)
@@ -284,10 +279,7 @@ def _slide_maps(
 
     Written to ``path`` (default ``out/slides/<sid>_cam.png``).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # object API: no pyplot state, no backend switch
 
     from her2scope._io import atomic_path
     from her2scope.explain.stitch import stitch_cams
@@ -309,7 +301,8 @@ def _slide_maps(
     side = part["read_px"].to_numpy(np.float64) * level_ds[part["level"].to_numpy(int)]
     cam_map = stitch_cams(cams, xy, side, thumb.shape[:2], ds)
     score_map = tile_value_map(xy, side, probs @ np.arange(len(classes)), thumb.shape[:2], ds)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * thumb.shape[0] / thumb.shape[1] + 0.8))
+    fig = Figure(figsize=(12, 6 * thumb.shape[0] / thumb.shape[1] + 0.8))
+    axes = fig.subplots(1, 2)
     for ax in axes:
         ax.imshow(thumb)
         ax.set_axis_off()
@@ -325,8 +318,7 @@ def _slide_maps(
     cb.ax.set_yticklabels(classes)
     fig.suptitle(f"{sid} ({meta.model_name})" + (" [SYNTHETIC]" if meta.config.synthetic else ""))
     fig.tight_layout()
-    path = path if path is not None else out / "slides" / f"{sid}_cam.png"
+    path = path if path is not None else slide_map_path(out, sid)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
     return path
