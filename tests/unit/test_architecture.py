@@ -158,3 +158,73 @@ def test_known_cycles_are_still_there() -> None:
     cycles = find_cycles(import_graph())
     gone = [c for c in KNOWN_CYCLES if c not in cycles]
     assert gone == [], f"fixed, remove from KNOWN_CYCLES: {gone}"
+
+
+# ---- output file names ------------------------------------------------------------------------
+
+
+def output_file_names() -> dict[str, str]:
+    """The layout's file-name constants (``RESULTS_JSON`` → ``results.json``)."""
+    import her2scope.layout as layout
+
+    exts = (".json", ".jsonl", ".parquet", ".csv", ".html", ".yaml", ".md", ".png")
+    return {
+        k: v
+        for k, v in vars(layout).items()
+        if k.isupper() and isinstance(v, str) and v.endswith(exts)
+    }
+
+
+def spellings(root: Path = SRC) -> dict[str, set[str]]:
+    """module → the layout's file names it spells as a string literal (outside layout.py)."""
+    names = set(output_file_names().values())
+    found: dict[str, set[str]] = {}
+    for f in sorted(root.rglob("*.py")):
+        if f.name == "layout.py" and f.parent == root:
+            continue
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.setdefault(module_name(f, root), set()).add(str(node.value))
+    return found
+
+
+#: Modules that still spell a layout file name themselves (each to leave this list when it
+#: uses the layout); a module that starts spelling one, or a listed one that spells more, fails.
+KNOWN_SPELLINGS: dict[str, set[str]] = {
+    "her2scope.cells.slide": {"cells_agreement.json"},
+    "her2scope.cli.cells": {"cells_agreement.json"},
+    "her2scope.cli.evaluate": {"comparison.csv", "comparison.md", "config.yaml"},
+    "her2scope.cli.predict": {"config.yaml"},
+    "her2scope.cli.run": {"results.json"},
+    "her2scope.cli.stain": {"tiles.parquet"},
+    "her2scope.cli.train": {"config.yaml"},
+    "her2scope.engine.checkpoint": {"config.yaml", "splits.csv"},
+    "her2scope.evaluate.calibration": {"calibration.json"},
+    "her2scope.scoring.score": {"tiles.parquet"},
+    "her2scope.scoring.site": {"site_calibration.json", "splits.csv", "tiles.parquet"},
+    "her2scope.stain.slides": {"tiles.parquet"},
+    "her2scope.tiling.extract": {"tiles.parquet", "tiling_report.json"},
+}
+
+
+def test_output_file_names_are_spelled_only_in_the_layout() -> None:
+    extra = {
+        mod: names - KNOWN_SPELLINGS.get(mod, set())
+        for mod, names in spellings().items()
+        if names - KNOWN_SPELLINGS.get(mod, set())
+    }
+    assert extra == {}, f"use her2scope.layout instead of spelling these names: {extra}"
+
+
+def test_known_spellings_are_still_there() -> None:
+    """A module that now uses the layout must leave KNOWN_SPELLINGS."""
+    found = spellings()
+    gone = {
+        m: n - found.get(m, set()) for m, n in KNOWN_SPELLINGS.items() if n - found.get(m, set())
+    }
+    assert gone == {}, f"fixed, remove from KNOWN_SPELLINGS: {gone}"
+
+
+def test_the_spelling_check_sees_a_literal(tmp_path: Path) -> None:
+    (tmp_path / "stage.py").write_text('def f(d):\n    return d / "results.json"\n')
+    assert spellings(tmp_path) == {"her2scope.stage": {"results.json"}}
