@@ -77,6 +77,12 @@ class TileDataset(Dataset):
         state["_slides"] = {}  # handles stay in the process that opened them
         return state
 
+    def close(self) -> None:
+        """Close the slides this process opened (the dataset stays usable: they reopen)."""
+        for slide in self._slides.values():
+            slide.close()
+        self._slides = {}
+
     def _slide(self, i: int) -> Any:
         from her2scope.slide.reader import open_slide
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from her2scope.engine.checkpoint import RunMeta
+    from her2scope.engine.infer import InferenceOptions, Predictor
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
@@ -39,61 +41,50 @@ def autocast_context(device: torch.device, precision: str = "auto") -> Any:
 
 
 def predict_tiles(
-    model: nn.Module,
+    model: nn.Module | None,
     meta: RunMeta,
     tiles_df: pd.DataFrame,
     normalizers: Mapping[str, Any] | None,
     batch_size: int = 64,
     device: str | torch.device | None = None,
-    workers: int = 0,
+    workers: int | None = None,
+    *,
+    options: InferenceOptions | None = None,
+    predictor: Predictor | None = None,
 ) -> np.ndarray:
     """Softmax probabilities ``[N, K]`` (float32) for the rows of ``tiles_df``, in ``meta.classes`` order.
 
     Pixels go through the same :class:`TileDataset` path as training (stain normaliser of each
-    slide, resize to ``meta.input_px``, the model's mean/std). AMP on CUDA. An empty table gives
-    an empty ``[0, K]`` array.
+    slide, resize to ``meta.input_px``, the model's mean/std). The model runs as ``options`` say
+    (default: fp32 in channels_last memory format on a CPU, the run's AMP setting on CUDA; see
+    :mod:`her2scope.engine.infer`); pass a ``predictor`` built once to score many tables with one
+    set-up (an ONNX session, say). ``workers`` is the number of tile-reading threads (0: read in
+    this thread; None: chosen with torch's threads from the CPUs). An empty table gives an empty
+    ``[0, K]`` array.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
     from her2scope._progress import track
-    from her2scope.data.dataset import TileDataset, to_model_input
+    from her2scope.data.dataset import TileDataset
+    from her2scope.engine.infer import InferenceOptions, Predictor, prefetch_batches
 
     k = len(meta.classes)
     if len(tiles_df) == 0:
         return np.zeros((0, k), dtype=np.float32)
-    dev = resolve_device(device)
+    if predictor is None:
+        opts = options or InferenceOptions()
+        if workers is not None:
+            opts = dataclasses.replace(opts, readers=workers)
+        predictor = Predictor(model, meta, resolve_device(device), opts)
     ds = TileDataset(tiles_df.reset_index(drop=True), meta.input_px, normalizers)
-    loader = DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=dev.type == "cuda",
-        persistent_workers=False,
-    )
-    mean = torch.tensor(meta.mean, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std, device=dev).view(1, 3, 1, 1)
-    channels_last = bool(getattr(meta.config.train, "channels_last", False)) and dev.type == "cuda"
-    was_training = model.training
-    model.to(dev).eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    n_batches = -(-len(ds) // batch_size)
     out = np.zeros((len(ds), k), dtype=np.float32)
     start = 0
     try:
-        with torch.inference_mode():
-            for xb, _ in track(loader, f"predict {meta.model_name}", total=len(loader)):
-                x = to_model_input(xb.to(dev, non_blocking=True), mean, std, channels_last)
-                with autocast_context(dev, meta.config.train.precision):
-                    logits = model(x)
-                if not isinstance(logits, torch.Tensor):  # defensive: inception outputs
-                    logits = logits[0]
-                probs = torch.softmax(logits.float(), dim=1).cpu().numpy()
-                if probs.shape[1] != k:
-                    raise ValueError(f"model gives {probs.shape[1]} classes, run has {k}")
+        with predictor.prepare():
+            batches = prefetch_batches(ds, batch_size, predictor.readers)
+            for xb in track(batches, f"predict {meta.model_name}", total=n_batches):
+                probs = predictor.probs(xb)
                 out[start : start + len(probs)] = probs
                 start += len(probs)
     finally:
-        model.train(was_training)
+        ds.close()
     return out
