@@ -1,18 +1,93 @@
-"""Checks of command-line values shared by the commands: numbers, workers, devices.
+"""What the commands share: logging set-up, options laid over config sections, value checks.
 
-Each check raises :class:`~her2scope.errors.ConfigError` naming the option, the value and the
-allowed range, so ``main`` prints one line and exits with status 2 before any work starts.
+Options that set a config setting default to "not given" (None) and are laid over the section
+(:func:`overlay`), so the section's own default is the only one; ``--help`` shows it through
+:func:`default_of`. Each check raises :class:`~her2scope.errors.ConfigError` naming the option,
+the value and the allowed range, so ``main`` prints one line and exits with status 2 before any
+work starts.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from her2scope.errors import ConfigError
 
+T = TypeVar("T")
+
 log = logging.getLogger("her2scope")
+
+
+def setup_logging() -> None:
+    """INFO messages of her2scope to stderr, unless the application configured logging already."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+
+class _Default(str):
+    """A setting's default for ``--help``, read from its section only when help is printed.
+
+    Reading it at import would import the stage's package (pandas for some) on every command.
+    """
+
+    _where: tuple[str, str, str]
+
+    def __new__(cls, module: str, section: str, key: str) -> _Default:
+        obj = super().__new__(cls, f"{section}.{key}")
+        obj._where = (module, section, key)
+        return obj
+
+    def _value(self) -> str:
+        from her2scope._configbase import field_default, show
+
+        module, section, key = self._where
+        return show(field_default(getattr(importlib.import_module(module), section), key))
+
+    def __format__(self, spec: str) -> str:
+        return format(self._value(), spec)
+
+    def __str__(self) -> str:
+        return self._value()
+
+
+def default_of(module: str, section: str, key: str) -> str:
+    """``show_default`` of an option that sets ``key`` of ``module.section`` (one source)."""
+    return _Default(module, section, key)
+
+
+def overlay(base: T, given: Mapping[str, Any], options: Mapping[str, str]) -> T:
+    """``base`` (a config section) with the given options (the values not None) laid over it.
+
+    Validated as a whole; a problem of a given option names it as typed (``--tile-px 4: must be
+    within [8, 8192] …``), a problem of a value from the config file keeps its dotted key.
+    """
+    from pydantic import ValidationError
+
+    from her2scope._configbase import SECTION_NAMES, adapter, translate
+    from her2scope.config import to_dict
+
+    changes = {k: v for k, v in given.items() if v is not None}
+    cls = type(base)
+    name = SECTION_NAMES[cls]
+    data = {**to_dict(base), **changes}
+    try:
+        return adapter(cls).validate_python(data)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        lines = []
+        for key, message in translate(exc, cls, name):
+            field = key.split("[")[0].removeprefix(f"{name}.")
+            if field in changes and field in options:
+                message = message.replace(f"{name}.{field}=", f"{options[field]} ", 1)
+                message = message.replace(f"{name}.{field}", options[field])
+            lines.append(message)
+        raise ConfigError("; ".join(lines)) from None
+
 
 #: µm/px accepted for a slide's ``--mpp``: below 0.05 µm/px no optical scanner resolves anything
 #: (the diffraction limit is ~0.2 µm); the upper end is the one ``tiling.target_mpp`` has.

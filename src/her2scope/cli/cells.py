@@ -27,27 +27,41 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
 
 
 def build_config(settings: list[str] | None, dab_scale: float | None, target_mpp: float | None):  # type: ignore[no-untyped-def]
-    """A :class:`CellConfig` from ``KEY=VALUE`` settings and the explicit options."""
+    """A :class:`CellConfig` from ``KEY=VALUE`` settings (YAML values) and the explicit options."""
     import dataclasses
+    import difflib
+
+    import yaml
 
     from her2scope.cells.config import CellConfig
+    from her2scope.cli._options import overlay
     from her2scope.errors import ConfigError
 
-    fields = {f.name: f for f in dataclasses.fields(CellConfig)}
-    kwargs: dict[str, object] = {}
+    known = sorted(f.name for f in dataclasses.fields(CellConfig))
+    given: dict[str, object] = {}
     for key, raw in _overrides(settings).items():
-        if key not in fields:
-            raise ConfigError(f"unknown cells setting '{key}'; known: {', '.join(sorted(fields))}")
-        typ = int if fields[key].type in ("int", int) else float
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(
+                f"unknown cells setting '{key}'"
+                + (f"; did you mean '{near[0]}'?" if near else "")
+                + f"; known: {', '.join(known)}"
+            )
         try:
-            kwargs[key] = typ(raw)  # type: ignore[operator]
-        except ValueError:
-            raise ConfigError(f"cells setting {key}={raw!r}: not a number") from None
+            given[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"cells setting {key}={raw!r}: not a value") from None
     if dab_scale is not None:
-        kwargs["dab_scale"] = dab_scale
+        given["dab_scale"] = dab_scale
     if target_mpp is not None:
-        kwargs["target_mpp"] = target_mpp
-    return CellConfig(**kwargs)  # type: ignore[arg-type]
+        given["target_mpp"] = target_mpp
+    return overlay(CellConfig(), given, {"dab_scale": "--dab-scale", "target_mpp": "--target-mpp"})
+
+
+def _default(key: str) -> str:
+    from her2scope.cli._options import default_of
+
+    return default_of("her2scope.cells.config", "CellConfig", key)
 
 
 def cells(
@@ -71,12 +85,16 @@ def cells(
         None, "--mpp", help="µm/px at level 0 for slides whose file has none."
     ),
     target_mpp: float = typer.Option(
-        None, "--target-mpp", help="µm/px to analyse at (default 0.5)."
+        None,
+        "--target-mpp",
+        help="µm/px to analyse at (cells.target_mpp).",
+        show_default=_default("target_mpp"),
     ),
     dab_scale: float = typer.Option(
         None,
         "--dab-scale",
-        help="Per-centre factor on measured DAB OD (from `her2scope cells fit`). Default 1.",
+        help="Per-centre factor on measured DAB OD, from `her2scope cells fit` (cells.dab_scale).",
+        show_default=_default("dab_scale"),
     ),
     site_run: Path = typer.Option(
         None,

@@ -27,37 +27,38 @@ def _run_eval_config(run_dir: Path) -> Any:
 
 def evaluate(
     runs: list[Path] = typer.Argument(..., help="Run folder(s) written by `her2scope train`."),
-    split: str = typer.Option(None, "--split", help="Split to evaluate (default: test)."),
+    split: str = typer.Option(
+        None, "--split", help="Split to evaluate: train, val or test (evaluate.split)."
+    ),
     aggregate: str = typer.Option(
-        None, "--aggregate", help="Tile → slide/patient rule: mean, majority or percent."
+        None,
+        "--aggregate",
+        help="Tile → slide/patient rule: mean, majority or percent (evaluate.aggregate).",
     ),
     percent_threshold: float = typer.Option(
-        None, "--percent", help="Percent rule: the highest grade reached by >= this % of tiles."
+        None,
+        "--percent",
+        help="Percent rule: the highest grade reached by >= this % of tiles "
+        "(evaluate.percent_threshold).",
     ),
     n_boot: int = typer.Option(
-        None, "--n-boot", help="Patient-bootstrap resamples (default 1000)."
+        None, "--n-boot", help="Patient-bootstrap resamples (evaluate.n_boot)."
     ),
-    seed: int = typer.Option(None, "--seed", help="Bootstrap seed."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per forward pass."),
+    seed: int = typer.Option(None, "--seed", help="Bootstrap seed (evaluate.seed)."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Tiles per forward pass (evaluate.batch_size)."
+    ),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots."),
 ) -> None:
     """Predict a split with each run's best checkpoint; write predictions.parquet, results.json
     and plots/ into the run folder. Metrics at tile, slide and patient level with 95 % CIs from a
-    bootstrap over patients. See docs/evaluation.md."""
-    import dataclasses
-
+    bootstrap over patients. An option not given keeps the run's own setting (its config.yaml).
+    See docs/evaluation.md."""
     from her2scope._lock import output_lock
-    from her2scope.cli._options import check_float, check_int
+    from her2scope.cli._options import overlay
     from her2scope.errors import ConfigError, Her2ScopeError
-    from her2scope.evaluate.aggregate import RULES
     from her2scope.evaluate.run import evaluate_run
 
-    check_float("--percent", percent_threshold, 0.0, 100.0)
-    check_int("--n-boot", n_boot, 1, 1_000_000)
-    check_int("--seed", seed, 0, 2**32 - 1)
-    check_int("--batch-size", batch_size, 1, 65536)
-    if aggregate is not None and aggregate not in RULES:
-        raise ConfigError(f"--aggregate must be one of {', '.join(RULES)}, not '{aggregate}'")
     given = {
         "split": split,
         "aggregate": aggregate,
@@ -67,14 +68,21 @@ def evaluate(
         "batch_size": batch_size,
         "plots": False if no_plots else None,
     }
+    options = {
+        "split": "--split",
+        "aggregate": "--aggregate",
+        "percent_threshold": "--percent",
+        "n_boot": "--n-boot",
+        "seed": "--seed",
+        "batch_size": "--batch-size",
+    }
     failed: list[str] = []
     for run_dir in runs:
         try:
             if not run_dir.is_dir():
                 raise ConfigError(f"run folder '{run_dir}' not found")
-            cfg = _run_eval_config(run_dir)
-            cfg = dataclasses.replace(cfg, **{k: v for k, v in given.items() if v is not None})
-            cfg.validate()  # every out-of-range setting at once, before any work
+            # the run's settings with the options given laid over them, every problem at once
+            cfg = overlay(_run_eval_config(run_dir), given, options)
             with output_lock(run_dir):
                 res = evaluate_run(run_dir, cfg.split, cfg)
         except Her2ScopeError as exc:

@@ -14,14 +14,6 @@ def register(app: typer.Typer) -> None:
     app.command(name="demo")(demo)
 
 
-def _setup_logging() -> None:
-    import logging
-
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-
 def parse_models(value: str | None) -> list[str] | None:
     """``alexnet`` / ``alexnet,vgg16`` / ``all`` → model names (None: keep the config's)."""
     if value is None or not value.strip():
@@ -68,12 +60,13 @@ def run(
     is skipped, so re-running after a crash or after adding a model does only what is needed.
     Relative paths in the config are relative to the current directory.
     """
-    from her2scope.cli._options import bound_workers
+    from her2scope.cli._options import bound_workers, setup_logging
     from her2scope.config import load_config
 
     workers = bound_workers("--workers", workers, None)
-    _setup_logging()
-    cfg = load_config(config, list(overrides or []))
+    setup_logging()
+    # every problem of the settings, the files they name and the manifest, at once
+    cfg = load_config(config, list(overrides or []), validate=True)
     _run_and_print(cfg, force or [], parse_models(models), workers, config)
 
 
@@ -98,10 +91,10 @@ def demo(
     pipeline works; they are not clinical performance.
     """
     from her2scope._lock import output_lock
-    from her2scope.cli._options import check_int
+    from her2scope.cli._options import check_int, setup_logging
 
     check_int("--patients", patients, 3, 10_000)
-    _setup_logging()
+    setup_logging()
     out = out.resolve()
     with output_lock(out):
         _demo(out, models, patients, overrides, force)
@@ -114,13 +107,14 @@ def _demo(
     overrides: list[str] | None,
     force: list[str] | None,
 ) -> None:
-    import dataclasses
     import json
 
-    from her2scope.config import load_config, validate_all
+    from her2scope.config import load_config
 
     cohort_dir = out / "cohort"
     manifest = cohort_dir / "manifest.csv"
+    names = parse_models(models)
+    # every settings problem before the cohort is rendered (the manifest is checked by the run)
     cfg = load_config(
         demo_config_path(),
         [
@@ -128,12 +122,11 @@ def _demo(
             f"cohort.manifest={json.dumps(str(manifest))}",
             "synthetic=true",
             *(overrides or []),
+            *_models_override(names),
         ],
+        validate=True,
+        check_manifest=False,
     )
-    names = parse_models(models)
-    train = dataclasses.replace(cfg.train, models=tuple(names)) if names else cfg.train
-    # every settings problem before the cohort is rendered (the manifest is checked by the run)
-    validate_all(dataclasses.replace(cfg, train=train), check_manifest=False)
     params = _read_json(cohort_dir / "cohort.json").get("parameters", {})
     if not manifest.is_file() or params.get("n_patients") != patients:
         from her2scope.synth import make_cohort
@@ -145,6 +138,13 @@ def _demo(
     else:
         typer.echo(f"demo: reusing the synthetic cohort in {cohort_dir}")
     _run_and_print(cfg, force or [], names, None)
+
+
+def _models_override(names: list[str] | None) -> list[str]:
+    """``train.models=[...]`` for model names given on the command line (none: nothing)."""
+    import json
+
+    return [f"train.models={json.dumps(names)}"] if names else []
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -14,27 +14,50 @@ def register(app: typer.Typer) -> None:
     app.add_typer(stain_app, name="stain")
 
 
+def _default(key: str) -> str:
+    from her2scope.cli._options import default_of
+
+    return default_of("her2scope.stain.config", "StainConfig", key)
+
+
 def _config(config: Path | None, mode: str | None, fit_tiles: int | None, reference: Path | None):  # type: ignore[no-untyped-def]
-    from her2scope.config import from_dict, load_config, to_dict
+    """The 'stain' section of ``config`` (else the defaults) with the options given laid over it."""
+    from her2scope.cli._options import overlay
     from her2scope.stain.config import StainConfig
 
-    base = to_dict(load_config(config))["stain"] if config is not None else {}
-    if mode is not None:
-        base["mode"] = mode
-    if fit_tiles is not None:
-        base["fit_tiles"] = fit_tiles
-    if reference is not None:
-        base["reference"] = str(reference)
-    return from_dict(StainConfig, base, "stain")
+    if config is not None:
+        from her2scope.config import load_config
+
+        base = load_config(config).stain
+    else:
+        base = StainConfig()
+    given = {"mode": mode, "fit_tiles": fit_tiles, "reference": reference}
+    options = {"mode": "--mode", "fit_tiles": "--fit-tiles", "reference": "--reference"}
+    return overlay(base, given, options)
 
 
 @stain_app.command("fit")
 def fit(
     tiles_dir: Path = typer.Argument(..., help="Tiling output folder (tiles.parquet, slides/)."),
     config: Path = typer.Option(None, "--config", help="Run config YAML (its 'stain' section)."),
-    mode: str = typer.Option(None, "--mode", help="preserve_dab, standard or none."),
-    fit_tiles: int = typer.Option(None, "--fit-tiles", help="Tiles sampled per slide for the fit."),
-    reference: Path = typer.Option(None, "--reference", help="Reference JSON (fit_reference)."),
+    mode: str = typer.Option(
+        None,
+        "--mode",
+        help="preserve_dab, standard or none (stain.mode).",
+        show_default=_default("mode"),
+    ),
+    fit_tiles: int = typer.Option(
+        None,
+        "--fit-tiles",
+        help="Tiles sampled per slide for the fit (stain.fit_tiles).",
+        show_default=_default("fit_tiles"),
+    ),
+    reference: Path = typer.Option(
+        None,
+        "--reference",
+        help="Reference JSON written by fit_reference (stain.reference; null: the packaged one).",
+        show_default=_default("reference"),
+    ),
     workers: int = typer.Option(1, "--workers", help="Slides fitted in parallel processes."),
 ) -> None:
     """Fit each slide's H and DAB vectors on tiles pooled from it; store them in the sidecars.
@@ -42,11 +65,10 @@ def fit(
     Exit status 1 when any slide failed (the others are still written).
     """
     from her2scope._lock import output_lock
-    from her2scope.cli._options import bound_workers, check_int
+    from her2scope.cli._options import bound_workers
     from her2scope.errors import ConfigError
     from her2scope.stain.slides import fit_stains
 
-    check_int("--fit-tiles", fit_tiles, 1, 100_000)
     workers = bound_workers("--workers", workers, None) or 1
     if not (tiles_dir / "tiles.parquet").is_file():
         raise ConfigError(
@@ -74,7 +96,12 @@ def show(
     out: Path = typer.Option(None, "--out", help="PNG to write (default TILES/stain_<id>.png)."),
     n: int = typer.Option(4, "--n", help="Number of tiles shown."),
     config: Path = typer.Option(None, "--config", help="Run config YAML (its 'stain' section)."),
-    mode: str = typer.Option(None, "--mode", help="preserve_dab or standard."),
+    mode: str = typer.Option(
+        None,
+        "--mode",
+        help="preserve_dab or standard (stain.mode).",
+        show_default=_default("mode"),
+    ),
 ) -> None:
     """Write a PNG: raw tiles, normalised tiles, and the H and DAB concentration channels."""
     from her2scope.cli._options import check_int

@@ -7,6 +7,12 @@ from pathlib import Path
 import typer
 
 
+def _default(key: str) -> str:
+    from her2scope.cli._options import default_of
+
+    return default_of("her2scope.tiling.config", "TilingConfig", key)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``tile`` command to ``app``."""
     app.command(name="tile")(tile)
@@ -21,6 +27,12 @@ def tile(
         metavar="MANIFEST_OR_SLIDES...",
     ),
     out: Path = typer.Option(..., "--out", help="Output folder (tiles.parquet, slides/, qc/)."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="Run config YAML: its 'tiling' section (and cohort.allow_absolute_paths) is used; "
+        "the options below override single settings.",
+    ),
     rois: Path = typer.Option(
         None,
         "--rois",
@@ -32,45 +44,67 @@ def tile(
         "--mpp",
         help="µm/px at level 0 for slides whose file has none (and no 'mpp' manifest column).",
     ),
-    tile_px: int = typer.Option(512, "--tile-px", help="Side of a tile in output pixels."),
+    tile_px: int = typer.Option(
+        None,
+        "--tile-px",
+        help="Side of a tile in output pixels (tiling.tile_px).",
+        show_default=_default("tile_px"),
+    ),
     target_mpp: float = typer.Option(
         None,
         "--target-mpp",
         help="µm/px of the tiles (read from the best pyramid level and resized), between 0.05 "
-        "and 1000. Default: each slide's own level-0 µm/px.",
+        "and 1000 (tiling.target_mpp; null: each slide's own level-0 µm/px).",
+        show_default=_default("target_mpp"),
     ),
     max_white: float = typer.Option(
-        0.60, "--max-white", help="Drop a tile whose white fraction is above this (0-1)."
+        None,
+        "--max-white",
+        help="Drop a tile whose white fraction is above this, 0-1 (tiling.max_white).",
+        show_default=_default("max_white"),
     ),
     white_level: int = typer.Option(
-        220, "--white-level", help="A pixel is white when R, G and B are all above this (0-255)."
+        None,
+        "--white-level",
+        help="A pixel is white when R, G and B are all above this, 0-255 (tiling.white_level).",
+        show_default=_default("white_level"),
     ),
     roi_rule: str = typer.Option(
-        "centre",
+        None,
         "--roi-rule",
         help="Keep a tile when its centre lies in the ROI ('centre') or when the ROI covers at "
-        "least --min-roi-cover of it ('coverage').",
+        "least --min-roi-cover of it ('coverage') (tiling.roi_rule).",
+        show_default=_default("roi_rule"),
     ),
     min_roi_cover: float = typer.Option(
-        0.5, "--min-roi-cover", help="Coverage needed by --roi-rule coverage (0-1]."
+        None,
+        "--min-roi-cover",
+        help="Coverage needed by --roi-rule coverage, (0, 1] (tiling.min_roi_cover).",
+        show_default=_default("min_roi_cover"),
     ),
     roi_classes: str = typer.Option(
         None,
         "--roi-classes",
-        help="Only ROIs of these classes, comma-separated (e.g. Tumor). Default: every ROI.",
+        help="Only ROIs of these classes, comma-separated, e.g. Tumor (tiling.roi_classes; "
+        "null: every ROI).",
+        show_default=_default("roi_classes"),
     ),
     workers: int = typer.Option(1, "--workers", help="Worker processes reading tiles."),
     export_tiles: bool = typer.Option(
         False, "--export-tiles", help="Also write every kept tile as PNG under OUT/tiles/."
     ),
     reader: str = typer.Option(
-        "auto", "--reader", help="Slide reader: auto, openslide, tiffslide or image."
+        None,
+        "--reader",
+        help="Slide reader: auto, openslide, tiffslide or image (tiling.reader).",
+        show_default=_default("reader"),
     ),
     allow_absolute_paths: bool = typer.Option(
-        False,
+        None,
         "--allow-absolute-paths",
         help="Accept manifest paths that are absolute or leave the manifest's folder "
         "(cohort.allow_absolute_paths).",
+        show_default=False,
     ),
 ) -> None:
     """Tile slides inside their ROIs (or tissue), dropping tiles with too much white background.
@@ -80,17 +114,24 @@ def tile(
     A slide that fails is reported with its reason and the others go on; the exit status is 1 when any slide failed. See docs/tiling.md.
     """
     from her2scope._lock import output_lock
-    from her2scope.cli._options import bound_workers, check_int, check_mpp
-    from her2scope.config import from_dict
+    from her2scope.cli._options import bound_workers, check_int, check_mpp, overlay
     from her2scope.errors import ConfigError
     from her2scope.tiling.config import TilingConfig
     from her2scope.tiling.extract import entries_from_paths, read_tiling_manifest, tile_entries
 
     check_mpp("--mpp", mpp)
     check_int("--workers", workers, 0)  # bounded by CPUs and slides once the slides are known
-    classes = [c.strip() for c in roi_classes.split(",") if c.strip()] if roi_classes else None
-    cfg = from_dict(
-        TilingConfig,
+    base = TilingConfig()
+    if config is not None:
+        from her2scope.config import load_config
+
+        run_cfg = load_config(config)
+        base = run_cfg.tiling
+        if allow_absolute_paths is None:
+            allow_absolute_paths = run_cfg.cohort.allow_absolute_paths
+    # every setting has one default, TilingConfig's; the options given are laid over it
+    cfg = overlay(
+        base,
         {
             "tile_px": tile_px,
             "target_mpp": target_mpp,
@@ -98,22 +139,18 @@ def tile(
             "white_level": white_level,
             "roi_rule": roi_rule,
             "min_roi_cover": min_roi_cover,
-            "roi_classes": classes,
+            "roi_classes": roi_classes,
             "reader": reader,
         },
-        "tiling",
+        _OPTIONS,
     )
-    # the ranges of the tiling settings have one home, TilingConfig.problems(); name the options
-    problems = [_as_options(p) for p in cfg.problems()]
-    if problems:
-        raise ConfigError("; ".join(problems))
     csvs = [p for p in inputs if p.suffix.lower() == ".csv"]
     if csvs:
         if len(inputs) != 1:
             raise ConfigError("give either one manifest CSV or slide files, not both")
         if rois is not None:
             raise ConfigError("--rois is for slide paths; a manifest names ROIs in 'roi_path'")
-        entries = read_tiling_manifest(csvs[0], allow_absolute=allow_absolute_paths)
+        entries = read_tiling_manifest(csvs[0], allow_absolute=bool(allow_absolute_paths))
         for e in entries:
             e.mpp = e.mpp if e.mpp is not None else mpp
     else:
@@ -160,22 +197,12 @@ def _print_summary(report: object) -> None:
 
 #: CLI option of each tiling setting, for error messages.
 _OPTIONS = {
-    "tiling.tile_px": "--tile-px",
-    "tiling.target_mpp": "--target-mpp",
-    "tiling.max_white": "--max-white",
-    "tiling.white_level": "--white-level",
-    "tiling.min_roi_cover": "--min-roi-cover",
-    "tiling.roi_classes": "--roi-classes",
-    "tiling.roi_rule": "--roi-rule",
-    "tiling.reader": "--reader",
+    "tile_px": "--tile-px",
+    "target_mpp": "--target-mpp",
+    "max_white": "--max-white",
+    "white_level": "--white-level",
+    "min_roi_cover": "--min-roi-cover",
+    "roi_classes": "--roi-classes",
+    "roi_rule": "--roi-rule",
+    "reader": "--reader",
 }
-
-
-def _as_options(problem: str) -> str:
-    """``tiling.tile_px = 4: …`` → ``--tile-px 4: …`` (the setting named as the user typed it)."""
-    for key, opt in _OPTIONS.items():
-        if problem.startswith(key + " = "):
-            return opt + " " + problem[len(key) + 3 :]
-        if problem.startswith(key):
-            return opt + problem[len(key) :]
-    return problem

@@ -53,17 +53,18 @@ def train(
 
     Several GPUs or nodes: launch with `torchrun --nproc_per_node N -m her2scope train ...`. See docs/training.md.
     """
+    import json
     import logging
 
     from her2scope._lock import output_lock
-    from her2scope.cli._options import check_device
-    from her2scope.config import apply_overrides, load_config, validate_all
+    from her2scope.cli._options import check_device, setup_logging
+    from her2scope.config import load_config
     from her2scope.engine.checkpoint import load_checkpoint
     from her2scope.engine.loco import train_model_or_folds
     from her2scope.engine.train import train_model
     from her2scope.errors import ConfigError
 
-    _setup_logging()
+    setup_logging()
     log = logging.getLogger("her2scope.train")
     check_device("--device", device)
     overrides = list(overrides or [])
@@ -75,8 +76,8 @@ def train(
         cfg_path = resume / "config.yaml"
         if not cfg_path.is_file():
             raise ConfigError(f"cannot resume '{resume}': no config.yaml there")
-        cfg = load_config(cfg_path, overrides)
-        validate_all(cfg)  # every problem of the config and manifest, before any work
+        # every problem of the config, the files it names and the manifest, before any work
+        cfg = load_config(cfg_path, overrides, validate=True)
         with output_lock(resume):
             ckpt = load_checkpoint(ckpt_path)
             tiles_dir = tiles or Path(ckpt["tiles_dir"])
@@ -86,19 +87,16 @@ def train(
 
     if config is None:
         raise ConfigError("give --config CONFIG.yaml (or --resume RUN_DIR)")
-    cfg = load_config(config, overrides)
-    names = (
-        [m.strip() for m in models.split(",") if m.strip()] if models else list(cfg.train.models)
-    )
-    if names == ["all"]:
-        from her2scope.models import list_models
+    if models is not None:  # laid over train.models, and checked with everything else
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        if names == ["all"]:
+            from her2scope.models import list_models
 
-        names = list(list_models())
-    if not names:
-        raise ConfigError("no models to train; set train.models or --models")
-    if models:
-        cfg = apply_overrides(cfg, [f"train.models=[{','.join(repr(n) for n in names)}]"])
-    validate_all(cfg)  # every problem of the config and manifest, before any work
+            names = list(list_models())
+        overrides.append(f"train.models={json.dumps(names)}")
+    # every problem of the config, the files it names and the manifest, before any work
+    cfg = load_config(config, overrides, validate=True)
+    names = list(cfg.train.models)
     tiles_dir = tiles or Path(cfg.out_dir) / "tiles"
     runs_root = out or Path(cfg.out_dir) / "runs"
     failed: list[str] = []
@@ -118,14 +116,6 @@ def train(
     if failed:
         typer.secho(f"failed: {', '.join(failed)}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
-
-
-def _setup_logging() -> None:
-    import logging
-
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,104 +2,126 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field, model_validator
+
+from her2scope._configbase import Names, Problem, _fspath, config_section, problems_error
 
 
-@dataclass(frozen=True)
+@config_section("train")
 class TrainConfig:
-    models: tuple[str, ...] = ("alexnet",)
-    pretrained: bool | str = "auto"  # true, false, "auto" or a path to a weights file
-    input_px: int = 512  # tiles are resized to this before the model
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
+    models: Annotated[
+        Names, Field(description="models to train: the registry's names or timm:<name>")
+    ] = ("alexnet",)
+    pretrained: Annotated[
+        bool | str,
+        BeforeValidator(_fspath),
+        Field(description="true, false, auto or the path of a PyTorch weights file"),
+    ] = "auto"
+    input_px: Annotated[
+        int, Field(ge=32, le=2048, description="pixels per side; tiles are resized to this")
+    ] = 512
+    epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 16
+    lr: Annotated[float, Field(gt=0, le=10, description="the learning rate")] = 1e-4
+    weight_decay: Annotated[float, Field(ge=0, le=10)] = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.0
-    balance: Literal["none", "sampler", "loss"] = "none"
-    grad_accum: int = 1
+    warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = 1
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    balance: Annotated[
+        Literal["none", "sampler", "loss"],
+        Field(description="class balance: none, a weighted sampler, or a weighted loss"),
+    ] = "none"
+    grad_accum: Annotated[
+        int, Field(ge=1, le=4096, description="batches accumulated per optimiser step")
+    ] = 1
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    early_stop_patience: int = 5
-    workers: int = 2
-    deterministic: bool = False
+    early_stop_patience: Annotated[
+        int, Field(ge=1, description="epochs without a better validation score before stopping")
+    ] = 5
+    workers: Annotated[int, Field(ge=0, le=256, description="data-loading processes; 0: none")] = 2
+    deterministic: Annotated[
+        bool, Field(description="deterministic algorithms (slower on GPU)")
+    ] = False
     augment: bool = True
-    max_tiles_per_slide: int | None = None
+    max_tiles_per_slide: (
+        Annotated[int, Field(ge=1, description="tiles sampled per slide per epoch; null: all")]
+        | None
+    ) = None
     # issue 11 (docs/generalisation.md): ordinal head; assay (DAB) and resolution augmentation
     objective: Literal["softmax", "ordinal"] = "softmax"
-    assay_dab_range: tuple[float, ...] = ()  # per-tile DAB factor (lo, hi), log-uniform; () off
-    zoom_range: tuple[float, ...] = ()  # per-tile zoom (lo, hi), log-uniform; () off
+    assay_dab_range: Annotated[
+        tuple[float, ...], Field(description="per-tile DAB factor (lo, hi), log-uniform; [] off")
+    ] = ()
+    zoom_range: Annotated[
+        tuple[float, ...], Field(description="per-tile zoom (lo, hi), log-uniform; [] off")
+    ] = ()
 
-    def problems(self) -> list[str]:
-        """Every out-of-range setting as one line each (empty when all are fine).
-
-        Model names are checked against the model registry and a ``pretrained`` path must be a
-        PyTorch weights file (read: its first bytes only). Cheap: no torch import.
-        """
-        from her2scope.config import check_range
-        from her2scope.models.registry import MIN_INPUT_PX, TORCHVISION_MODELS
-
-        out: list[str] = []
+    @model_validator(mode="after")
+    def _rules(self) -> TrainConfig:
+        out: list[Problem] = []
         if not self.models:
-            out.append("train.models is empty; list at least one model (e.g. alexnet)")
-        for m in self.models:
-            if m.startswith("timm:"):
-                if not m[5:].strip():
-                    out.append("train.models: 'timm:' needs a timm model name (timm:convnext_tiny)")
-            elif m not in TORCHVISION_MODELS:
-                out.append(
-                    f"train.models: unknown model {m!r}; choose from "
-                    f"{', '.join(TORCHVISION_MODELS)} or timm:<name>"
+            out.append(
+                ("train.models", "train.models is empty; list at least one model (e.g. alexnet)")
+            )
+        if any(m.startswith("timm:") and not m[5:].strip() for m in self.models):
+            out.append(
+                (
+                    "train.models",
+                    "train.models: 'timm:' needs a timm model name (timm:convnext_tiny)",
                 )
-        out += _pretrained_problems(self.pretrained)
-        check_range(out, "train.input_px", self.input_px, 32, 2048, hint="pixels per side")
-        for m in self.models:
-            need = MIN_INPUT_PX.get(m)
-            if need is not None and 32 <= self.input_px < need:
-                out.append(f"train.input_px = {self.input_px}: model {m!r} needs at least {need}")
-        check_range(out, "train.epochs", self.epochs, 1, 100_000)
-        check_range(out, "train.batch_size", self.batch_size, 1, 65536)
-        check_range(out, "train.lr", self.lr, 0, 10, lo_open=True, hint="the learning rate")
-        check_range(out, "train.weight_decay", self.weight_decay, 0, 10)
-        check_range(out, "train.warmup_epochs", self.warmup_epochs, 0, 100_000)
-        check_range(out, "train.label_smoothing", self.label_smoothing, 0, 1, hi_open=True)
-        check_range(out, "train.grad_accum", self.grad_accum, 1, 4096)
-        check_range(out, "train.early_stop_patience", self.early_stop_patience, 1)
-        check_range(
-            out, "train.workers", self.workers, 0, 256, hint="data-loading processes; 0: none"
-        )
-        check_range(out, "train.max_tiles_per_slide", self.max_tiles_per_slide, 1)
+            )
         for name in ("assay_dab_range", "zoom_range"):
-            problem = factor_range_problem(name, getattr(self, name))
-            if problem:
-                out.append(problem)
+            message = factor_range_problem(name, getattr(self, name))
+            if message:
+                out.append((f"train.{name}", message))
+        if out:
+            raise problems_error(out)
+        return self
+
+    def problems(self) -> list[Problem]:
+        """Model names known to the model registry; a ``pretrained`` path that is a weights file.
+
+        Cheap: the registry's names only (no torch import), and a weights file's first bytes.
+        """
+        from her2scope.models.registry import get_spec, list_models
+
+        known = list_models()
+        out: list[Problem] = []
+        for m in self.models:
+            if not m.startswith("timm:") and m not in known:
+                out.append(
+                    (
+                        "train.models",
+                        f"train.models: unknown model {m!r}; choose from {', '.join(known)} or "
+                        "timm:<name>",
+                    )
+                )
+        out += [("train.pretrained", p) for p in _pretrained_problems(self.pretrained)]
+        for m in self.models:
+            need = get_spec(m).min_input_px if m in known else None
+            if need is not None and self.input_px < need:
+                out.append(
+                    (
+                        "train.input_px",
+                        f"train.input_px={self.input_px}: model {m!r} needs at least {need}",
+                    )
+                )
         return out
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem of :meth:`problems`."""
-        from her2scope.errors import ConfigError
-
-        if problems := self.problems():
-            raise ConfigError("; ".join(problems))
 
 
 def factor_range_problem(name: str, value: tuple[float, ...]) -> str | None:
     """``train.<name>``: ``()`` (off) or two positive finite factors ``lo <= hi``; else a message."""
-    import math
-
     if not value:
         return None
-    ok = (
-        len(value) == 2
-        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-        and 0 < value[0] <= value[1]
-    )
+    ok = len(value) == 2 and all(math.isfinite(v) for v in value) and 0 < value[0] <= value[1]
     if ok:
         return None
     return (
-        f"train.{name} = {list(value)}: give two positive factors lo <= hi, e.g. [0.3, 1.5], "
+        f"train.{name}={list(value)}: give two positive factors lo <= hi, e.g. [0.3, 1.5], "
         "or [] to turn it off"
     )
 
@@ -120,17 +142,17 @@ def _pretrained_problems(value: bool | str) -> list[str]:
     path = Path(value).expanduser()
     if not path.is_file():
         return [
-            f"train.pretrained = {value!r}: no such weights file; give true, false, auto or the "
+            f"train.pretrained={value!r}: no such weights file; give true, false, auto or the "
             "path of a .pth file"
         ]
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
     except OSError as exc:
-        return [f"train.pretrained = {value!r}: cannot be read ({exc.strerror or exc})"]
+        return [f"train.pretrained={value!r}: cannot be read ({exc.strerror or exc})"]
     if not head.startswith(_WEIGHTS_MAGIC):
         return [
-            f"train.pretrained = {value!r}: not a PyTorch weights file (expected a .pth/.pt "
+            f"train.pretrained={value!r}: not a PyTorch weights file (expected a .pth/.pt "
             "written by torch.save, e.g. alexnet-owt-7be5be79.pth)"
         ]
     return []

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from her2scope._configbase import config_section
 
 
-@dataclass(frozen=True)
+@config_section("explain")
 class ExplainConfig:
-    n_tiles: int = 16  # tiles per class in the gallery
-    heatmap_max_px: int = 1024
-
-    def problems(self) -> list[str]:
-        """Every out-of-range setting as one line each (empty when all are fine)."""
-        from her2scope.config import check_range
-
-        out: list[str] = []
-        check_range(out, "explain.n_tiles", self.n_tiles, 1, 1000)
-        check_range(out, "explain.heatmap_max_px", self.heatmap_max_px, 64, 16384)
-        return out
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem of :meth:`problems`."""
-        from her2scope.errors import ConfigError
-
-        if problems := self.problems():
-            raise ConfigError("; ".join(problems))
+    n_tiles: Annotated[int, Field(ge=1, le=1000, description="tiles per class in the gallery")] = 16
+    heatmap_max_px: Annotated[
+        int, Field(ge=64, le=16384, description="longest side of a slide heatmap, in pixels")
+    ] = 1024

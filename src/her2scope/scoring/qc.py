@@ -11,14 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field
 
-from her2scope.errors import ConfigError
+from her2scope._configbase import config_section
 
 
-@dataclass(frozen=True)
+@config_section("qc")
 class QCConfig:
     """Thresholds of the slide QC gates (degrees, µm/px ratios, tile counts).
 
@@ -26,41 +27,38 @@ class QCConfig:
     the synthetic centres; the measured values are tabulated in docs/predict.md.
     """
 
-    max_h_angle_deg: float = 25.0  # fitted hematoxylin within this of the reference hematoxylin
-    max_dab_angle_deg: float = 25.0  # fitted second stain within this of the reference DAB
-    min_eosin_margin_deg: float = 10.0  # second stain this much closer to DAB than to eosin
-    max_off_plane_share: float = 0.05  # share of tissue pixels > 15° outside the H-DAB plane
-    max_background_chroma: float = (
-        60.0  # glass colour: max(R,G,B) - min(R,G,B) of the brightest 5 %
-    )
-    max_mpp_rel_diff: float = 0.10  # tile µm/px within ±10 % of the training tiles' µm/px
-    min_tiles: int = 8  # at least this many tumour tiles
-    max_passthrough_frac: float = 0.5  # at most this fraction of tiles left unnormalised
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("max_h_angle_deg", "max_dab_angle_deg"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 90.0:
-                problems.append(f"{name}={v} must be in (0, 90]")
-        if not -90.0 <= self.min_eosin_margin_deg <= 90.0:
-            problems.append(
-                f"min_eosin_margin_deg={self.min_eosin_margin_deg} must be in [-90, 90]"
-            )
-        if not 0.0 < self.max_off_plane_share <= 1.0:
-            problems.append(f"max_off_plane_share={self.max_off_plane_share} must be in (0, 1]")
-        if not 0.0 < self.max_background_chroma <= 255.0:
-            problems.append(
-                f"max_background_chroma={self.max_background_chroma} must be in (0, 255]"
-            )
-        if not 0.0 < self.max_mpp_rel_diff < 1.0:
-            problems.append(f"max_mpp_rel_diff={self.max_mpp_rel_diff} must be in (0, 1)")
-        if int(self.min_tiles) != self.min_tiles or self.min_tiles < 1:
-            problems.append(f"min_tiles={self.min_tiles} must be an integer >= 1")
-        if not 0.0 <= self.max_passthrough_frac <= 1.0:
-            problems.append(f"max_passthrough_frac={self.max_passthrough_frac} must be in [0, 1]")
-        if problems:
-            raise ConfigError("QC thresholds: " + "; ".join(problems))
+    max_h_angle_deg: Annotated[
+        float,
+        Field(gt=0, le=90, description="fitted hematoxylin within this of the reference one"),
+    ] = 25.0
+    max_dab_angle_deg: Annotated[
+        float,
+        Field(gt=0, le=90, description="fitted second stain within this of the reference DAB"),
+    ] = 25.0
+    min_eosin_margin_deg: Annotated[
+        float,
+        Field(ge=-90, le=90, description="second stain this much closer to DAB than to eosin"),
+    ] = 10.0
+    max_off_plane_share: Annotated[
+        float,
+        Field(gt=0, le=1, description="share of tissue pixels > 15° outside the H-DAB plane"),
+    ] = 0.05
+    max_background_chroma: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=255,
+            description="glass colour: max(R,G,B) - min(R,G,B) of the brightest 5 %",
+        ),
+    ] = 60.0
+    max_mpp_rel_diff: Annotated[
+        float,
+        Field(gt=0, lt=1, description="tile µm/px within this of the training tiles' µm/px"),
+    ] = 0.10
+    min_tiles: Annotated[int, Field(ge=1, description="at least this many tumour tiles")] = 8
+    max_passthrough_frac: Annotated[
+        float, Field(ge=0, le=1, description="at most this fraction of tiles left unnormalised")
+    ] = 0.5
 
 
 @dataclass(frozen=True)

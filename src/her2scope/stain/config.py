@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from her2scope._configbase import PathText, Problem, config_section
 
 
-@dataclass(frozen=True)
+@config_section("stain")
 class StainConfig:
-    mode: Literal["preserve_dab", "standard", "none"] = "preserve_dab"
-    reference: str | None = None  # JSON written by fit_reference; None: the packaged default
-    fit_tiles: int = 64  # tiles sampled per slide to fit its stain matrix
+    mode: Annotated[
+        Literal["preserve_dab", "standard", "none"],
+        Field(description="preserve_dab keeps each tile's DAB intensity; none: no normalisation"),
+    ] = "preserve_dab"
+    reference: Annotated[
+        PathText | None,
+        Field(description="JSON written by fit_reference; null: the packaged reference"),
+    ] = None
+    fit_tiles: Annotated[
+        int, Field(ge=1, le=100_000, description="tiles sampled per slide to fit its stain matrix")
+    ] = 64
 
-    def problems(self) -> list[str]:
-        """Every out-of-range setting as one line each (empty when all are fine)."""
+    def problems(self) -> list[Problem]:
+        """The reference file must exist where the run reads it."""
         from pathlib import Path
 
-        from her2scope.config import check_range
-
-        out: list[str] = []
-        check_range(out, "stain.fit_tiles", self.fit_tiles, 1, 100_000)
         if self.reference is not None and not Path(self.reference).expanduser().is_file():
-            out.append(
-                f"stain.reference = {self.reference!r}: file not found (a JSON written by "
-                "fit_reference; leave it empty for the packaged reference)"
-            )
-        return out
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` listing every problem of :meth:`problems`."""
-        from her2scope.errors import ConfigError
-
-        if problems := self.problems():
-            raise ConfigError("; ".join(problems))
+            return [
+                (
+                    "stain.reference",
+                    f"stain.reference={self.reference!r}: file not found (a JSON written by "
+                    "fit_reference; leave it empty for the packaged reference)",
+                )
+            ]
+        return []
