@@ -153,3 +153,24 @@ def test_atomic_outputs_get_normal_permissions(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_version_has_one_source() -> None:
+    """`her2scope --version`, the installed metadata and the built package all read
+    ``her2scope.__version__``; pyproject holds no second literal."""
+    from importlib.metadata import version
+
+    from setuptools.config.pyprojecttoml import read_configuration
+    from typer.testing import CliRunner
+
+    import her2scope
+    from her2scope.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == f"her2scope {her2scope.__version__}\n"
+    assert version("her2scope") == her2scope.__version__  # differs: reinstall (pip install -e .)
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    project = read_configuration(pyproject)["project"]
+    assert project["dynamic"] == ["version"]
+    assert project["version"] == her2scope.__version__

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-from her2scope.explain.gradcam import cam_for_layer, grad_cam, overlay  # noqa: E402
-from her2scope.explain.stitch import stitch_cams  # noqa: E402
+from her2scope.explain.gradcam import cam_for_layer, grad_cam, overlay
+from her2scope.explain.stitch import stitch_cams
 
 
 class _Probe(nn.Module):
@@ -96,6 +95,34 @@ def test_cam_for_each_architecture(name: str) -> None:
     # explaining a given class per image also works
     cam_t = grad_cam(model, name, x, target=[0, 2])
     assert cam_t.shape == (2, px, px)
+
+
+@pytest.mark.parametrize("name", ["resnet34", "swin_t"])
+def test_matches_pytorch_grad_cam(name: str) -> None:
+    """pytorch-grad-cam (the reference implementation, a dev dependency) gives the same maps on
+    the registry's CAM layer and reshape. It rescales by min-max where we divide by the maximum,
+    so both are compared min-max rescaled (the same affine family of one map)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from her2scope.models import cam_target, create_model
+
+    torch.manual_seed(1)  # seeds of test_cam_for_each_architecture: maps with evidence
+    model = create_model(name, 3, input_px=96).eval()
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        targets = model(x).argmax(dim=1).tolist()
+    ours = grad_cam(model, name, x, target=targets)
+    layer, reshape = cam_target(model, name)
+    with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as ref:
+        theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
+
+    def minmax(m: np.ndarray) -> np.ndarray:
+        return (m - m.min()) / (m.max() - m.min())
+
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.max() - a.min() > 0.1  # a map with structure, not a constant
+        np.testing.assert_allclose(minmax(a), minmax(b), atol=1e-5)
 
 
 def test_overlay_and_stitch() -> None:

@@ -3,7 +3,8 @@
 A small own implementation (forward hook + ``torch.autograd.grad``) rather than pytorch-grad-cam:
 it handles layers whose output is modified in place afterwards (DenseNet's final ReLU, the
 AlexNet/VGG in-place ReLUs) and Swin's channels-last ``[B, H, W, C]`` token maps, where the
-package's defaults need per-model workarounds.
+package's defaults need per-model workarounds. The package is the reference in the tests
+(``tests/unit/test_gradcam.py``: same maps on the registry's CAM layers).
 """
 
 from __future__ import annotations

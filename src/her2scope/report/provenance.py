@@ -20,7 +20,6 @@ PACKAGES = (
     "openslide-python",
     "openslide-bin",
     "tiffslide",
-    "grad-cam",
 )
 
 
