@@ -16,7 +16,7 @@ import torch
 from her2scope.config import RunConfig, apply_overrides, load_config
 from her2scope.engine.checkpoint import load_checkpoint, load_run_model
 from her2scope.engine.predict import predict_tiles
-from her2scope.engine.train import macro_auc, train_model
+from her2scope.engine.train import tile_macro_auc, train_model
 
 MODEL = "timm:test_resnet"  # a tiny real network: keeps these tests fast
 
@@ -105,6 +105,39 @@ def test_train_writes_the_run_dir(toy_tiles: Path, tmp_path: Path) -> None:
     assert _val_loss_from_checkpoint(run) == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
 
 
+@pytest.fixture(scope="module")
+def separable_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """9 slides of 36 tiles (32 px) whose class is the tile's colour: separable by design."""
+    from tests.integration.conftest import TOY_PATIENTS, make_toy_tiles
+
+    out = tmp_path_factory.mktemp("separable")
+    return make_toy_tiles(out, TOY_PATIENTS, slide_px=192, tile_px=32, seed=1)
+
+
+def test_train_model_learns_a_separable_problem(separable_tiles: Path, tmp_path: Path) -> None:
+    """train_model itself must learn: held-out tiles (another centre) are classified well above
+    chance (1/3) by best.pt, and the training loss falls. Catches a trainer whose labels no
+    longer belong to their tiles, whose loss no longer drives the weights, or whose best.pt is
+    not a trained model."""
+    cfg = toy_config(
+        separable_tiles, "train.input_px=32", "train.batch_size=8", "train.epochs=4",
+        "train.augment=false",
+    )  # fmt: skip
+    run = train_model(cfg, MODEL, separable_tiles, tmp_path / "run")
+    model, meta = load_run_model(run, "best")
+    tiles = pd.read_parquet(separable_tiles / "tiles.parquet")
+    test = tiles[tiles.center == "B"].reset_index(drop=True)  # never seen in training
+    probs = predict_tiles(model, meta, test, {}, batch_size=36)
+    y = test["label"].map({c: i for i, c in enumerate(meta.classes)}).to_numpy()
+    assert len(y) == 108 and sorted(set(y)) == [0, 1, 2]
+    accuracy = float((probs.argmax(1) == y).mean())
+    assert accuracy >= 0.9, f"held-out accuracy {accuracy:.3f} (chance 0.33)"
+    assert tile_macro_auc(y, probs) >= 0.95
+    rows = _metrics(run)
+    assert rows[-1]["train_loss"] < 0.5 * rows[0]["train_loss"], [r["train_loss"] for r in rows]
+    assert rows[0]["train_loss"] < 0.9 * np.log(3)  # the first epoch already learns
+
+
 def test_resume_reaches_the_same_result(
     toy_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -159,8 +192,18 @@ def test_validation_missing_a_class_is_reported(toy_tiles: Path, tmp_path: Path)
 
 def test_macro_auc_needs_every_class() -> None:
     probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.6, 0.3, 0.1]])
-    assert macro_auc(np.array([0, 1, 2, 0]), probs) == pytest.approx(1.0)
-    assert macro_auc(np.array([0, 1, 1, 0]), probs) is None
+    assert tile_macro_auc(np.array([0, 1, 2, 0]), probs) == pytest.approx(1.0)
+    assert tile_macro_auc(np.array([0, 1, 1, 0]), probs) is None
+    # the evaluation's metric (ties count one half), here against scikit-learn
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1, 2], 20)
+    p = rng.dirichlet([1, 1, 1], size=60)
+    p[:, 0] = np.round(p[:, 0], 1)  # ties
+    p /= p.sum(1, keepdims=True)
+    want = roc_auc_score(y, p, multi_class="ovr", average="macro")
+    assert tile_macro_auc(y, p) == pytest.approx(want, rel=1e-12)
 
 
 def test_cli_trains_into_sibling_run_dirs(toy_tiles: Path, tmp_path: Path) -> None:

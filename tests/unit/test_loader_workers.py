@@ -8,10 +8,11 @@ import pytest
 
 
 def test_loader_workers_never_exceed_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    from her2scope.engine.train import loader_workers
+    from her2scope.engine.cpu_plan import plan_cpu
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
-    assert loader_workers(256) == 2
-    assert loader_workers(2) == 2
-    assert loader_workers(1) == 1
-    assert loader_workers(0) == 0  # 0 = read in the main process, kept
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one torch thread: one core left for the loader
+    assert plan_cpu(256).loader_workers == 1
+    assert plan_cpu(2).loader_workers == 1
+    assert plan_cpu(1).loader_workers == 1
+    assert plan_cpu(0).loader_workers == 0  # 0 = read in the main process, kept

@@ -22,8 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from her2scope.errors import SlideError
-
-TILE_COLUMNS: tuple[str, ...] = ("slide_id", "slide_path", "x", "y", "level", "read_px", "tile_px")
+from her2scope.tiling.table import PIXEL_COLUMNS as TILE_COLUMNS  # the columns read here
 
 
 class TileDataset(Dataset):

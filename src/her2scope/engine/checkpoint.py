@@ -1,10 +1,13 @@
 """Checkpoints: written atomically, loaded with ``torch.load(weights_only=True)``.
 
 A checkpoint is a plain dictionary of tensors and primitive containers (no pickled classes):
-``model_state``, ``optimizer_state``, ``scheduler_state``, ``epoch`` (completed epochs),
-``rng`` (python / numpy / torch / cuda states), ``config`` (the resolved ``RunConfig`` as a dict),
-``classes``, ``model_name``, ``input_px``, ``tiles_dir``, ``train_state`` (early-stopping state)
-and ``model_hash`` (SHA-256 of the model tensors, checked on load so a corrupted file is caught).
+``format_version``, ``model_state``, ``optimizer_state``, ``scheduler_state``, ``epoch``
+(completed epochs), ``config`` (the resolved ``RunConfig`` as a dict), ``classes``,
+``model_name``, ``input_px``, ``tiles_dir``, ``train_state`` (early-stopping state) and
+``model_hash`` (SHA-256 of the model tensors, checked on load so a corrupted file is caught).
+No random-number state is stored: training reseeds every epoch from ``(seed, epoch, rank)``, so
+a resumed run draws the same numbers without one (checkpoints of older versions carry an unused
+``rng`` entry). A checkpoint of a newer ``format_version`` than this version reads is refused.
 
 ``identity`` ties a checkpoint to its run: ``model_name``, ``classes``, ``label_scheme``,
 ``input_px`` and ``splits_hash`` (a hash of the run's ``splits.csv``: which patient was in which
@@ -18,12 +21,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from her2scope._io import atomic_path
 from her2scope.errors import Her2ScopeError
@@ -65,53 +65,6 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Python, numpy and torch RNG states as tensors/primitives (weights_only-safe)."""
-    import torch
-
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": _to_primitive(random.getstate()),
-        "numpy": {
-            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore the states saved by :func:`get_rng_state`."""
-    import torch
-
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_primitive(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_to_primitive(x) for x in v]
-    return v
 
 
 def splits_hash(path: str | Path) -> str | None:
@@ -186,7 +139,6 @@ def save_checkpoint(
         "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
         "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
         "scaler_state": scaler.state_dict() if scaler is not None else None,
-        "rng": get_rng_state(),
         "train_state": dict(train_state or {}),
     }
     path = Path(path)
@@ -230,6 +182,12 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
         ) from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
         raise Her2ScopeError(f"checkpoint '{path}' is not a her2scope checkpoint")
+    version = ckpt.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise Her2ScopeError(
+            f"checkpoint '{path}' has format version {version!r}; this her2scope reads up to "
+            f"{FORMAT_VERSION}: upgrade her2scope to use it"
+        )
     if state_hash(ckpt["model_state"]) != ckpt.get("model_hash"):
         raise Her2ScopeError(
             f"checkpoint '{path}': model tensors do not match the stored hash (corrupted file)"

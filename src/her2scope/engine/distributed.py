@@ -51,13 +51,6 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def cleanup_distributed(info: DistInfo) -> None:
-    import torch.distributed as dist
-
-    if info.distributed and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def barrier(info: DistInfo) -> None:
     import torch.distributed as dist
 

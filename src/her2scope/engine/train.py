@@ -1,13 +1,18 @@
-"""The training loop: one readable function, :func:`train_model`.
+"""The training loop: :func:`train_model`, in three readable steps.
 
-Reads ``tiles_dir/tiles.parquet``, labels slides (from the manifest, or the tile table), splits
-patients (or reloads the run's ``splits.csv``), then trains with AdamW/SGD, a warm-up + cosine
-schedule per optimiser step, optional label smoothing and class balancing, stain augmentation,
-AMP on CUDA and early stopping on validation macro-AUC. Works alone or under ``torchrun`` (DDP).
+1. :func:`prepare_data` reads ``tiles_dir/tiles.parquet``, labels slides (from the manifest, or the
+   tile table), splits patients (or reloads the run's ``splits.csv``) and builds the datasets;
+2. :func:`build_training` makes the model, optimiser (AdamW/SGD), warm-up + cosine schedule per
+   optimiser step, loss (optional label smoothing and class balancing) and augmentation;
+3. :func:`train_model` runs the epochs: :func:`train_one_epoch`, validation, early stopping on
+   validation macro-AUC (:mod:`her2scope.evaluate.metrics`), checkpoints.
+
+AMP on CUDA; works alone or under ``torchrun`` (DDP). Loader processes and torch threads are
+chosen together from the cores (:mod:`her2scope.engine.cpu_plan`).
 
 Reproducibility: every epoch reseeds torch/numpy/python from ``(seed, epoch, rank)`` and draws its
 sample order from a generator seeded the same way, so a run resumed from ``last.pt`` repeats the
-epochs it missed exactly as an uninterrupted run would.
+epochs it missed exactly as an uninterrupted run would (no RNG state needs saving).
 
 Run directory: ``config.yaml``, ``splits.csv``, ``checkpoints/{best,last}.pt``, ``metrics.jsonl``,
 ``provenance.json`` (weights actually loaded, training tile µm/px; :mod:`her2scope.engine.runinfo`)
@@ -21,6 +26,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +38,47 @@ from torch import nn
 from her2scope._io import write_json, write_text
 from her2scope._progress import track
 from her2scope.config import RunConfig, dump_config
-from her2scope.engine.runinfo import PROVENANCE_FILE
+from her2scope.engine.cpu_plan import CpuPlan, plan_cpu, torch_threads
+from her2scope.engine.distributed import DistInfo
 from her2scope.errors import ConfigError, Her2ScopeError, ManifestError
 from her2scope.labels import get_scheme
+from her2scope.layout import RunLayout, TilesLayout
+from her2scope.tiling.table import LABEL_COLUMNS, PIXEL_COLUMNS
 
 log = logging.getLogger(__name__)
 
-TILE_TABLE_COLUMNS: tuple[str, ...] = (
-    "slide_id", "patient_id", "center", "label", "slide_path", "x", "y", "level", "read_px",
-    "tile_px",
-)  # fmt: skip
+#: Columns training needs in ``tiles.parquet``.
+TRAIN_COLUMNS: tuple[str, ...] = (*PIXEL_COLUMNS, *LABEL_COLUMNS)
 
 
-def loader_workers(requested: int) -> int:
-    """DataLoader worker processes: the requested number, at most the CPUs of this process.
+@dataclass
+class TrainData:
+    """The tiles of one run, split and labelled, and their datasets."""
 
-    More loader processes than CPUs only fight the model's threads for them (a config allows up
-    to 256 so that one file serves a cluster node and a laptop); lowering is said once.
-    """
-    from her2scope.tiling.extract import cpu_workers
+    classes: tuple[str, ...]
+    train_df: pd.DataFrame
+    val_df: pd.DataFrame
+    train_ds: Any  # TileDataset
+    val_ds: Any
+    normalizers: dict[str, Any]
+    missing_val: list[str]  # classes absent from validation
 
-    cap = cpu_workers()
-    if requested > cap:
-        log.info("train.workers=%d lowered to %d (the CPUs available)", requested, cap)
-        return cap
-    return requested
+
+@dataclass
+class Trainer:
+    """The model and everything that updates it."""
+
+    model: nn.Module  # the bare model (checkpoints, validation)
+    net: nn.Module  # what the training step calls: the model, or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    augment: Any
+    mean: torch.Tensor  # [1, 3, 1, 1] on the device
+    std: torch.Tensor
+    channels_last: bool
+    precision: str  # resolved: "fp32", "bf16" or "fp16"
 
 
 def train_model(
@@ -73,54 +95,190 @@ def train_model(
     model name must match). Under ``torchrun`` each process trains on its share of every epoch
     and rank 0 alone writes files. Raises ``ConfigError`` / ``ManifestError`` for bad inputs.
     """
-    from her2scope.cohort import check_no_leakage, read_splits, write_splits
-    from her2scope.data.dataset import TileDataset, seed_worker, to_model_input
+    from her2scope.engine.distributed import init_distributed
+
+    dist = init_distributed(device)
+    plan = plan_cpu(
+        cfg.train.workers,
+        dist.device.type,
+        processes_per_node=_local_world_size(dist),
+    )
+    log.info(
+        "%d loader process(es), %d torch thread(s) on %d core(s): %s",
+        plan.loader_workers, plan.torch_threads, plan.cores, plan.why,
+    )  # fmt: skip
+    with torch_threads(plan.torch_threads):
+        return _train(cfg, model_name, Path(tiles_dir), Path(run_dir), resume, dist, plan)
+
+
+def _train(
+    cfg: RunConfig,
+    model_name: str,
+    tiles_dir: Path,
+    run_dir: Path,
+    resume: bool,
+    dist: DistInfo,
+    plan: CpuPlan,
+) -> Path:
+    from her2scope.data.dataset import seed_worker
     from her2scope.engine.checkpoint import load_checkpoint, save_checkpoint
     from her2scope.engine.distributed import (
         all_gather_objects,
         barrier,
         broadcast_object,
-        init_distributed,
         sync_buffers,
     )
-    from her2scope.engine.predict import autocast_context
     from her2scope.engine.seed import seed_everything, set_deterministic
-    from her2scope.models import INCEPTION_AUX_WEIGHT, create_model, model_preprocessing
-    from her2scope.models.registry import split_outputs
 
     tcfg = cfg.train
-    tiles_dir, run_dir = Path(tiles_dir), Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    dist = init_distributed(device)
+    layout = RunLayout(run_dir)
     set_deterministic(tcfg.deterministic)
     seed_everything(cfg.seed)
 
-    # ---- resume state ---------------------------------------------------------------------
     start_epoch, ckpt = 0, None
     if resume:
-        ckpt = load_checkpoint(ckpt_dir / "last.pt")
+        ckpt = load_checkpoint(layout.last)
         if ckpt["model_name"] != model_name:
             raise ConfigError(
                 f"cannot resume '{run_dir}': it trains '{ckpt['model_name']}', not '{model_name}'"
             )
         start_epoch = int(ckpt["epoch"])
 
-    # ---- data: tiles, labels, splits ------------------------------------------------------
+    data = prepare_data(cfg, tiles_dir, run_dir, resume=resume, write=dist.is_main)
+    dev = dist.device
+    with _WeightsNotice() as notice:
+        tr = build_training(
+            tcfg,
+            model_name,
+            data,
+            dev,
+            world_size=dist.world_size,
+            pretrained=False if resume else tcfg.pretrained,
+            distributed=dist.distributed,
+            augment=_make_augment(cfg) if tcfg.augment else None,
+        )
+    if dist.is_main and not (resume and layout.provenance.is_file()):
+        write_json(
+            layout.provenance,
+            {
+                "weights": weights_record(model_name, tcfg.pretrained, notice.fell_back),
+                "train_tile_mpp": _median_mpp(data.train_df),
+                "tiles_dir": str(tiles_dir.resolve()),
+            },
+        )
+
+    state: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "monitor": ""}
+    metrics: list[dict[str, Any]] = []
+    if ckpt is not None:
+        tr.model.load_state_dict(ckpt["model_state"])
+        tr.optimizer.load_state_dict(ckpt["optimizer_state"])
+        tr.scheduler.load_state_dict(ckpt["scheduler_state"])
+        if ckpt.get("scaler_state"):
+            tr.scaler.load_state_dict(ckpt["scaler_state"])
+        state.update(ckpt["train_state"])
+        metrics = _read_metrics(layout.metrics)[:start_epoch]
+        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+
+    def save(path: Path, epoch: int, full: bool = True) -> None:
+        # best.pt is for inference: model only; last.pt also carries what resuming needs
+        save_checkpoint(
+            path,
+            model=tr.model,
+            model_name=model_name,
+            classes=data.classes,
+            config=cfg,
+            input_px=tcfg.input_px,
+            tiles_dir=tiles_dir.resolve(),
+            epoch=epoch,
+            optimizer=tr.optimizer if full else None,
+            scheduler=tr.scheduler if full else None,
+            scaler=tr.scaler if full and tr.scaler.is_enabled() else None,
+            train_state=state,
+        )
+
+    for epoch in range(start_epoch, tcfg.epochs):
+        if state["bad_epochs"] >= tcfg.early_stop_patience:
+            break
+        seed_everything(_epoch_seed(cfg.seed, epoch, dist.rank))
+        loader = _train_loader(
+            data.train_ds, tcfg, cfg.seed, epoch, dist, seed_worker, plan.loader_workers
+        )
+        t0 = time.perf_counter()
+        loss_sum, n_seen = train_one_epoch(
+            tr, loader, tcfg.grad_accum, dev,
+            desc=f"{model_name} epoch {epoch + 1}/{tcfg.epochs}", show=dist.is_main,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - t0
+        totals = all_gather_objects(dist, (loss_sum, n_seen))
+        train_loss = sum(t[0] for t in totals) / max(1, sum(t[1] for t in totals))
+        images = sum(t[1] for t in totals)
+
+        sync_buffers(dist, tr.model)  # every rank evaluates with rank 0's BatchNorm statistics
+        val = _validate(tr, data.val_ds, tcfg.batch_size, plan.loader_workers, dev, dist)
+        if dist.is_main:
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "val_loss": val["loss"],
+                "val_macro_auc": val["auc"],
+                "val_classes_missing": data.missing_val,
+                "lr": tr.optimizer.param_groups[0]["lr"],
+                "images_per_s": images / elapsed if elapsed > 0 else None,
+                "train_images": images,
+                "val_images": len(data.val_ds),
+            }
+            metrics.append(row)
+            improved = _update_early_stopping(state, val, epoch + 1)
+            write_text(
+                layout.metrics,
+                "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics),
+            )
+            if improved:
+                save(layout.best, epoch + 1, full=False)
+            save(layout.last, epoch + 1)
+            log.info(
+                "%s epoch %d: train loss %.4f, val loss %s, val macro-AUC %s, %.1f images/s",
+                model_name, epoch + 1, train_loss, _fmt(val["loss"]), _fmt(val["auc"]),
+                row["images_per_s"] or 0.0,
+            )  # fmt: skip
+        state = broadcast_object(dist, state)
+        barrier(dist)
+    if dist.is_main and not layout.best.is_file() and layout.last.is_file():
+        import shutil
+
+        shutil.copyfile(layout.last, layout.best)
+    if dist.is_main and not data.val_df.empty and layout.best.is_file():
+        _write_calibration(run_dir, data.val_df, data.normalizers, data.classes, cfg)
+    barrier(dist)
+    return run_dir
+
+
+def prepare_data(
+    cfg: RunConfig, tiles_dir: Path, run_dir: Path, *, resume: bool, write: bool
+) -> TrainData:
+    """Tiles, labels, splits and datasets of a run (step 1).
+
+    Splits are made from ``cfg.cohort`` (or reloaded from ``run_dir/splits.csv`` on resume);
+    ``write`` (rank 0) writes ``config.yaml`` and ``splits.csv`` into ``run_dir``.
+    """
+    from her2scope.cohort import check_no_leakage, make_splits, read_splits, write_splits
+    from her2scope.data.dataset import TileDataset
+
+    tcfg = cfg.train
     scheme = get_scheme(cfg.cohort.label_scheme)
     classes = scheme.classes
     tiles = _read_tiles(tiles_dir, cfg, scheme)
     slides = tiles.drop_duplicates("slide_id")[["slide_id", "patient_id", "center", "label"]]
-    if resume and (run_dir / "splits.csv").is_file():
-        splits = read_splits(run_dir / "splits.csv")
+    layout = RunLayout(run_dir)
+    if resume and layout.splits.is_file():
+        splits = read_splits(layout.splits)
         check_no_leakage(splits)
     else:
-        from her2scope.cohort import make_splits
-
         splits = make_splits(slides, cfg.cohort)
-    if dist.is_main:
+    if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-        write_splits(splits, run_dir / "splits.csv")
+        dump_config(cfg, layout.config)
+        write_splits(splits, layout.splits)
         _log_split_table(splits, tiles, classes)
     split_of = dict(zip(splits["slide_id"], splits["split"], strict=True))
     tiles["split"] = tiles["slide_id"].map(split_of)
@@ -141,42 +299,44 @@ def train_model(
             "best.pt use validation loss instead",
             ", ".join(missing_val),
         )
+    return TrainData(classes, train_df, val_df, train_ds, val_ds, normalizers, missing_val)
 
-    # ---- model, optimiser, schedule -------------------------------------------------------
-    dev = dist.device
-    with _WeightsNotice() as notice:
-        model = create_model(
-            model_name,
-            len(classes),
-            pretrained=False if resume else tcfg.pretrained,
-            input_px=tcfg.input_px,
-            objective=tcfg.objective,
-        ).to(dev)
-    if dist.is_main and not (resume and (run_dir / PROVENANCE_FILE).is_file()):
-        write_json(
-            run_dir / PROVENANCE_FILE,
-            {
-                "weights": weights_record(model_name, tcfg.pretrained, notice.fell_back),
-                "train_tile_mpp": _median_mpp(train_df),
-                "tiles_dir": str(tiles_dir.resolve()),
-            },
-        )
+
+def build_training(
+    tcfg: Any,
+    model_name: str,
+    data: TrainData,
+    dev: torch.device,
+    *,
+    world_size: int = 1,
+    pretrained: Any = False,
+    distributed: bool = False,
+    augment: Any = None,
+) -> Trainer:
+    """Model, optimiser, schedule, loss and precision for ``tcfg`` (step 2)."""
+    from her2scope.models import create_model, model_preprocessing
+
+    n_classes = len(data.classes)
+    model = create_model(
+        model_name,
+        n_classes,
+        pretrained=pretrained,
+        input_px=tcfg.input_px,
+        objective=tcfg.objective,
+    ).to(dev)
     channels_last = tcfg.channels_last and dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    mean_t, std_t = (
+    mean, std = (
         torch.tensor(v, device=dev).view(1, 3, 1, 1) for v in model_preprocessing(model_name)
     )
-    if dist.distributed:
+    net: nn.Module = model
+    if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        net: nn.Module = DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None
-        )
-    else:
-        net = model
+        net = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     optimizer = _make_optimizer(model, tcfg)
-    per_rank = math.ceil(len(train_ds) / dist.world_size)
+    per_rank = math.ceil(len(data.train_ds) / world_size)
     steps_per_epoch = max(1, math.ceil(math.ceil(per_rank / tcfg.batch_size) / tcfg.grad_accum))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -186,115 +346,57 @@ def train_model(
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     class_weights = None
     if tcfg.balance == "loss":
-        counts = np.bincount(train_ds.labels, minlength=len(classes)).astype(np.float64)
-        w = np.where(counts > 0, counts.sum() / (len(classes) * np.maximum(counts, 1)), 0.0)
+        counts = np.bincount(data.train_ds.labels, minlength=n_classes).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
         class_weights = torch.tensor(w, dtype=torch.float32, device=dev)
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=tcfg.label_smoothing)
-    augment = _make_augment(cfg) if tcfg.augment else None
+    return Trainer(
+        model, net, optimizer, scheduler, scaler, criterion, augment, mean, std, channels_last,
+        precision,
+    )  # fmt: skip
 
-    state: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "monitor": ""}
-    metrics: list[dict[str, Any]] = []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
-        if ckpt.get("scaler_state"):
-            scaler.load_state_dict(ckpt["scaler_state"])
-        state.update(ckpt["train_state"])
-        metrics = _read_metrics(run_dir / "metrics.jsonl")[:start_epoch]
-        log.info("resuming %s from epoch %d", run_dir, start_epoch)
 
-    def save(path: Path, epoch: int, full: bool = True) -> None:
-        # best.pt is for inference: model only; last.pt also carries what resuming needs
-        save_checkpoint(
-            path,
-            model=model,
-            model_name=model_name,
-            classes=classes,
-            config=cfg,
-            input_px=tcfg.input_px,
-            tiles_dir=tiles_dir.resolve(),
-            epoch=epoch,
-            optimizer=optimizer if full else None,
-            scheduler=scheduler if full else None,
-            scaler=scaler if full and scaler.is_enabled() else None,
-            train_state=state,
-        )
+def train_one_epoch(
+    tr: Trainer, loader: Any, grad_accum: int, dev: torch.device, desc: str, show: bool = True
+) -> tuple[float, int]:
+    """One pass over ``loader``; returns (sum of per-image losses, images seen)."""
+    from her2scope.data.dataset import to_model_input
+    from her2scope.engine.predict import autocast_context
+    from her2scope.models import INCEPTION_AUX_WEIGHT
+    from her2scope.models.registry import split_outputs
 
-    # ---- epochs ---------------------------------------------------------------------------
-    for epoch in range(start_epoch, tcfg.epochs):
-        if state["bad_epochs"] >= tcfg.early_stop_patience:
-            break
-        seed_everything(_epoch_seed(cfg.seed, epoch, dist.rank))
-        loader = _train_loader(train_ds, tcfg, cfg.seed, epoch, dist, seed_worker)
-        net.train()
-        t0 = time.perf_counter()
-        loss_sum, n_seen = 0.0, 0
-        optimizer.zero_grad(set_to_none=True)
-        n_batches = len(loader)
-        for step, (xb, yb) in enumerate(
-            track(loader, f"{model_name} epoch {epoch + 1}/{tcfg.epochs}", total=n_batches,
-                  disable=None if dist.is_main else True)
-        ):  # fmt: skip
-            xb = xb.to(dev, non_blocking=True)
-            yb = yb.to(dev, non_blocking=True)
-            x = to_model_input(xb, mean_t, std_t, channels_last, augment)
-            with autocast_context(dev, precision):
-                logits, aux = split_outputs(net(x))
-                loss = criterion(logits.float(), yb)
-                if aux is not None:
-                    loss = loss + INCEPTION_AUX_WEIGHT * criterion(aux.float(), yb)
-            scaler.scale(loss / tcfg.grad_accum).backward()
-            if (step + 1) % tcfg.grad_accum == 0 or step + 1 == n_batches:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-            loss_sum += float(loss.detach()) * len(yb)
-            n_seen += len(yb)
-        elapsed = time.perf_counter() - t0
-        totals = all_gather_objects(dist, (loss_sum, n_seen))
-        train_loss = sum(t[0] for t in totals) / max(1, sum(t[1] for t in totals))
-        images = sum(t[1] for t in totals)
+    tr.net.train()
+    loss_sum, n_seen = 0.0, 0
+    tr.optimizer.zero_grad(set_to_none=True)
+    n_batches = len(loader)
+    for step, (xb, yb) in enumerate(
+        track(loader, desc, total=n_batches, disable=None if show else True)
+    ):
+        xb = xb.to(dev, non_blocking=True)
+        yb = yb.to(dev, non_blocking=True)
+        x = to_model_input(xb, tr.mean, tr.std, tr.channels_last, tr.augment)
+        with autocast_context(dev, tr.precision):
+            logits, aux = split_outputs(tr.net(x))
+            loss = tr.criterion(logits.float(), yb)
+            if aux is not None:
+                loss = loss + INCEPTION_AUX_WEIGHT * tr.criterion(aux.float(), yb)
+        tr.scaler.scale(loss / grad_accum).backward()
+        if (step + 1) % grad_accum == 0 or step + 1 == n_batches:
+            tr.scaler.step(tr.optimizer)
+            tr.scaler.update()
+            tr.optimizer.zero_grad(set_to_none=True)
+            tr.scheduler.step()
+        loss_sum += float(loss.detach()) * len(yb)
+        n_seen += len(yb)
+    return loss_sum, n_seen
 
-        sync_buffers(dist, model)  # every rank evaluates with rank 0's BatchNorm statistics
-        val = _validate(model, val_ds, tcfg, dev, mean_t, std_t, channels_last, precision, dist)
-        if dist.is_main:
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": val["loss"],
-                "val_macro_auc": val["auc"],
-                "val_classes_missing": missing_val,
-                "lr": optimizer.param_groups[0]["lr"],
-                "images_per_s": images / elapsed if elapsed > 0 else None,
-                "train_images": images,
-                "val_images": len(val_ds),
-            }
-            metrics.append(row)
-            improved = _update_early_stopping(state, val, epoch + 1)
-            write_text(
-                run_dir / "metrics.jsonl",
-                "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics),
-            )
-            if improved:
-                save(ckpt_dir / "best.pt", epoch + 1, full=False)
-            save(ckpt_dir / "last.pt", epoch + 1)
-            log.info(
-                "%s epoch %d: train loss %.4f, val loss %s, val macro-AUC %s, %.1f images/s",
-                model_name, epoch + 1, train_loss, _fmt(val["loss"]), _fmt(val["auc"]),
-                row["images_per_s"] or 0.0,
-            )  # fmt: skip
-        state = broadcast_object(dist, state)
-        barrier(dist)
-    if dist.is_main and not (ckpt_dir / "best.pt").is_file() and (ckpt_dir / "last.pt").is_file():
-        import shutil
 
-        shutil.copyfile(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
-    if dist.is_main and not val_df.empty and (ckpt_dir / "best.pt").is_file():
-        _write_calibration(run_dir, val_df, normalizers, classes, cfg)
-    barrier(dist)
-    return run_dir
+def _local_world_size(dist: DistInfo) -> int:
+    """Processes of this run on this machine (``torchrun`` sets ``LOCAL_WORLD_SIZE``)."""
+    import os
+
+    env = os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(env) if env.isdigit() and int(env) > 0 else dist.world_size
 
 
 def _write_calibration(
@@ -303,7 +405,7 @@ def _write_calibration(
     """Fit temperature and reflex policy on the validation tiles with ``best.pt``; write them."""
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.engine.predict import predict_tiles
-    from her2scope.evaluate.calibration import CALIBRATION_FILE, fit_calibration
+    from her2scope.evaluate.calibration import fit_calibration
 
     best, meta = load_run_model(run_dir, "best")
     probs = predict_tiles(best, meta, val_df, normalizers, batch_size=cfg.train.batch_size)
@@ -321,7 +423,7 @@ def _write_calibration(
         cfg.evaluate.percent_threshold,
         n_bins=cfg.evaluate.ece_bins,
     )
-    write_json(run_dir / CALIBRATION_FILE, cal.to_dict())
+    write_json(RunLayout(run_dir).calibration, cal.to_dict())
     log.info(
         "calibration on %d validation tiles: T = %.3f, ECE %s -> %s; reflex threshold %.3f (%s)",
         cal.n_val_tiles, cal.temperature, _fmt(cal.ece_before), _fmt(cal.ece_after),
@@ -390,13 +492,13 @@ def _median_mpp(tiles: pd.DataFrame) -> float | None:
 
 def _read_tiles(tiles_dir: Path, cfg: RunConfig, scheme: Any) -> pd.DataFrame:
     """The tile table with canonical ``label`` and ``label_idx`` (manifest labels win)."""
-    path = tiles_dir / "tiles.parquet"
+    path = TilesLayout(tiles_dir).table
     if not path.is_file():
         raise ConfigError(f"no tile table at '{path}'; run `her2scope tile` first")
     from her2scope._io import read_parquet
 
     tiles = read_parquet(path)  # a damaged table: a clear error naming it, not a traceback
-    missing = [c for c in TILE_TABLE_COLUMNS if c not in tiles.columns]
+    missing = [c for c in TRAIN_COLUMNS if c not in tiles.columns]
     if missing:
         raise ConfigError(f"tile table '{path}' lacks column(s) {', '.join(missing)}")
     if tiles.empty:
@@ -533,7 +635,9 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**31
 
 
-def _train_loader(ds: Any, tcfg: Any, seed: int, epoch: int, dist: Any, worker_init: Any) -> Any:
+def _train_loader(
+    ds: Any, tcfg: Any, seed: int, epoch: int, dist: Any, worker_init: Any, workers: int
+) -> Any:
     from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
     gen = torch.Generator().manual_seed(_epoch_seed(seed, epoch, 0))
@@ -555,7 +659,7 @@ def _train_loader(ds: Any, tcfg: Any, seed: int, epoch: int, dist: Any, worker_i
         ds,
         batch_size=tcfg.batch_size,
         sampler=sampler,
-        num_workers=loader_workers(tcfg.workers),
+        num_workers=workers,
         worker_init_fn=worker_init,
         generator=gen,
         pin_memory=dist.device.type == "cuda",
@@ -565,15 +669,7 @@ def _train_loader(ds: Any, tcfg: Any, seed: int, epoch: int, dist: Any, worker_i
 
 
 def _validate(
-    model: nn.Module,
-    ds: Any,
-    tcfg: Any,
-    dev: torch.device,
-    mean_t: torch.Tensor,
-    std_t: torch.Tensor,
-    channels_last: bool,
-    precision: str,
-    dist: Any,
+    tr: Trainer, ds: Any, batch_size: int, workers: int, dev: torch.device, dist: Any
 ) -> dict[str, Any]:
     """Validation loss and macro-AUC; each rank scores every world_size-th tile, rank 0 combines."""
     from torch.utils.data import DataLoader, Subset
@@ -585,16 +681,14 @@ def _validate(
     if len(ds) == 0:
         return {"loss": None, "auc": None}
     idx = list(range(dist.rank, len(ds), dist.world_size))
-    loader = DataLoader(
-        Subset(ds, idx), batch_size=tcfg.batch_size, num_workers=loader_workers(tcfg.workers)
-    )
-    model.eval()
+    loader = DataLoader(Subset(ds, idx), batch_size=batch_size, num_workers=workers)
+    tr.model.eval()
     chunks = []
     with torch.inference_mode():
         for xb, _ in loader:
-            x = to_model_input(xb.to(dev), mean_t, std_t, channels_last)
-            with autocast_context(dev, precision):
-                logits = model(x)
+            x = to_model_input(xb.to(dev), tr.mean, tr.std, tr.channels_last)
+            with autocast_context(dev, tr.precision):
+                logits = tr.model(x)
             chunks.append(logits.float().cpu())
     local = torch.cat(chunks) if chunks else torch.zeros(0)
     parts = all_gather_objects(dist, (idx, local))
@@ -606,26 +700,29 @@ def _validate(
     y = torch.as_tensor(np.array(ds.labels, dtype=np.int64))
     loss = float(nn.functional.cross_entropy(logits, y))
     probs = torch.softmax(logits, 1).numpy()
-    return {"loss": loss, "auc": macro_auc(ds.labels, probs)}
+    return {"loss": loss, "auc": tile_macro_auc(ds.labels, probs)}
 
 
-def macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
-    """One-vs-rest macro-AUC over all K classes; None when any class is absent from ``y``."""
-    from sklearn.metrics import roc_auc_score
+def tile_macro_auc(y: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro-AUC of tiles over all K classes (:mod:`her2scope.evaluate.metrics`); None when a
+    class is absent from ``y``."""
+    from her2scope.evaluate.aggregate import argmax_high
+    from her2scope.evaluate.metrics import point_metrics, sufficient_stats
 
-    k = probs.shape[1]
-    if len(np.unique(y)) < k:
-        return None
-    if k == 2:
-        return float(roc_auc_score(y, probs[:, 1]))
-    return float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=list(range(k))))
+    y = np.asarray(y, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    one_unit = np.zeros(len(y), dtype=np.int64)  # tiles, not patients: no resampling here
+    classes = [str(k) for k in range(probs.shape[1])]
+    value = point_metrics(sufficient_stats(y, probs, argmax_high(probs, axis=1), one_unit, classes))
+    return None if math.isnan(value["macro_auc"]) else value["macro_auc"]
 
 
 def _update_early_stopping(state: dict[str, Any], val: dict[str, Any], epoch: int) -> bool:
     """Update best/bad-epoch counters; return whether this epoch is the new best.
 
     Monitors val macro-AUC (higher is better) when available, else val loss (lower is better);
-    without validation every epoch counts as the best.
+    an epoch that ties the best AUC (often 1.0 on easy data, from the first epoch on) is better
+    when its val loss is lower. Without validation every epoch counts as the best.
     """
     if val["auc"] is not None:
         monitor, score = "val_macro_auc", val["auc"]
@@ -637,8 +734,11 @@ def _update_early_stopping(state: dict[str, Any], val: dict[str, Any], epoch: in
     if state["monitor"] not in ("", monitor):
         raise Her2ScopeError(f"early stopping changed monitor from {state['monitor']} to {monitor}")
     state["monitor"] = monitor
-    if state["best"] is None or score > state["best"]:
-        state.update(best=score, best_epoch=epoch, bad_epochs=0)
+    loss = val["loss"] if val["loss"] is not None else math.inf
+    best_loss = state.get("best_loss")
+    tie_better = score == state["best"] and best_loss is not None and loss < best_loss
+    if state["best"] is None or score > state["best"] or tie_better:
+        state.update(best=score, best_loss=loss, best_epoch=epoch, bad_epochs=0)
         return True
     state["bad_epochs"] += 1
     return False
