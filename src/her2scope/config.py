@@ -289,9 +289,7 @@ def load_config(
     data = _apply_overrides_dict(data, overrides or [])
     cfg, problems = _check(data, run=validate, check_manifest=check_manifest)
     if problems:
-        what = f"config file '{path}'"
-        if overrides:
-            what += " with overrides " + " ".join(overrides)
+        what = f"config file '{path}'" + (" and its overrides" if overrides else "")
         if validate and check_manifest:
             what += " and the manifest"
         raise ConfigError(_summary(problems, what))
@@ -305,7 +303,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         _apply_overrides_dict(to_dict(cfg), overrides), run=False, check_manifest=False
     )
     if problems:
-        raise ConfigError(_summary(problems, "the overrides " + " ".join(overrides)))
+        raise ConfigError(_summary(problems, "the configuration overrides"))
     assert new is not None
     return new
 

@@ -233,7 +233,7 @@ def test_evaluate_and_compare_cli_on_tiny_run(tiny_run: Path, tmp_path: Path) ->
 
     res = runner.invoke(app, ["evaluate", str(run_a), "--split", "nope"])
     assert res.exit_code != 0
-    assert "evaluate.split = 'nope': choose one of train, val, test" in str(res.exception)
+    assert "--split 'nope': not allowed; choose one of train, val, test" in str(res.exception)
 
     out = tmp_path / "cmp"
     res = runner.invoke(app, ["compare", str(run_a), str(run_b), "--out", str(out)])

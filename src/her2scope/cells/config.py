@@ -47,8 +47,10 @@ class CellConfig:
         Field(description="lowest H OD threshold (base 10) of nucleus pixels (else Otsu)"),
     ] = 0.08
     nucleus_smooth_um: Annotated[float, Field(description="Gaussian σ before thresholding")] = 0.6
-    nucleus_min_area_um2: Positive = 12.0
-    nucleus_max_area_um2: float = 200.0
+    nucleus_min_area_um2: Annotated[Positive, Field(description="smallest nucleus kept")] = 12.0
+    nucleus_max_area_um2: Annotated[
+        float, Field(description="largest nucleus kept; above nucleus_min_area_um2")
+    ] = 200.0
     nucleus_max_elongation: Annotated[
         float, Field(description="major / minor axis; fibroblast spindles are excluded")
     ] = 3.0
@@ -70,9 +72,11 @@ class CellConfig:
         Field(description="a sector is stained at >= this fraction of the cell's membrane OD"),
     ] = 0.4
     # classes (base-10 DAB OD)
-    od_faint: float = 0.05
-    od_weak: float = 0.17
-    od_strong: float = 0.39
+    od_faint: Annotated[float, Field(description="membrane OD from which a cell is faint")] = 0.05
+    od_weak: Annotated[
+        float, Field(description="membrane OD from which a cell is weak/moderate")
+    ] = 0.17
+    od_strong: Annotated[float, Field(description="membrane OD from which a cell is strong")] = 0.39
     complete_min: Annotated[
         float, Field(gt=0, le=1, description="share of stained sectors of a complete membrane")
     ] = 0.65

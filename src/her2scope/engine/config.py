@@ -13,7 +13,7 @@ from her2scope._configbase import Names, Problem, _fspath, config_section, probl
 @config_section("train")
 class TrainConfig:
     models: Annotated[
-        Names, Field(description="models to train: the registry's names or timm:<name>")
+        Names, Field(description="models to train: the registry's names or timm:NAME")
     ] = ("alexnet",)
     pretrained: Annotated[
         bool | str,
@@ -23,13 +23,23 @@ class TrainConfig:
     input_px: Annotated[
         int, Field(ge=32, le=2048, description="pixels per side; tiles are resized to this")
     ] = 512
-    epochs: Annotated[int, Field(ge=1, le=100_000)] = 10
-    batch_size: Annotated[int, Field(ge=1, le=65536)] = 16
+    epochs: Annotated[
+        int, Field(ge=1, le=100_000, description="passes over the training tiles")
+    ] = 10
+    batch_size: Annotated[int, Field(ge=1, le=65536, description="tiles per training step")] = 16
     lr: Annotated[float, Field(gt=0, le=10, description="the learning rate")] = 1e-4
-    weight_decay: Annotated[float, Field(ge=0, le=10)] = 1e-4
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_epochs: Annotated[int, Field(ge=0, le=100_000)] = 1
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[
+        float, Field(ge=0, le=10, description="the optimiser's weight decay")
+    ] = 1e-4
+    optimizer: Annotated[
+        Literal["adamw", "sgd"], Field(description="AdamW, or SGD with Nesterov momentum 0.9")
+    ] = "adamw"
+    warmup_epochs: Annotated[
+        int, Field(ge=0, le=100_000, description="epochs of linear warm-up before cosine decay")
+    ] = 1
+    label_smoothing: Annotated[
+        float, Field(ge=0, lt=1, description="label smoothing of the cross-entropy loss")
+    ] = 0.0
     balance: Annotated[
         Literal["none", "sampler", "loss"],
         Field(description="class balance: none, a weighted sampler, or a weighted loss"),
@@ -37,8 +47,11 @@ class TrainConfig:
     grad_accum: Annotated[
         int, Field(ge=1, le=4096, description="batches accumulated per optimiser step")
     ] = 1
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
+    precision: Annotated[
+        Literal["auto", "fp32", "bf16", "fp16"],
+        Field(description="CUDA autocast; auto: bf16 where supported, else fp16"),
+    ] = "auto"
+    channels_last: Annotated[bool, Field(description="channels-last memory format on CUDA")] = True
     early_stop_patience: Annotated[
         int, Field(ge=1, description="epochs without a better validation score before stopping")
     ] = 5
@@ -46,13 +59,18 @@ class TrainConfig:
     deterministic: Annotated[
         bool, Field(description="deterministic algorithms (slower on GPU)")
     ] = False
-    augment: bool = True
+    augment: Annotated[
+        bool, Field(description="flips/rot90, H-DAB jitter and brightness/contrast per tile")
+    ] = True
     max_tiles_per_slide: (
         Annotated[int, Field(ge=1, description="tiles sampled per slide per epoch; null: all")]
         | None
     ) = None
     # issue 11 (docs/generalisation.md): ordinal head; assay (DAB) and resolution augmentation
-    objective: Literal["softmax", "ordinal"] = "softmax"
+    objective: Annotated[
+        Literal["softmax", "ordinal"],
+        Field(description="softmax head (the study's) or a cumulative-link ordinal head"),
+    ] = "softmax"
     assay_dab_range: Annotated[
         tuple[float, ...], Field(description="per-tile DAB factor (lo, hi), log-uniform; [] off")
     ] = ()
