@@ -31,23 +31,29 @@ def setup_logging() -> None:
 
 
 class _Default(str):
-    """A setting's default for ``--help``, read from its section only when help is printed.
+    """A default for ``--help``, read from where it is defined only when help is printed.
 
     Reading it at import would import the stage's package (pandas for some) on every command.
     """
 
     _where: tuple[str, str, str]
 
-    def __new__(cls, module: str, section: str, key: str) -> _Default:
-        obj = super().__new__(cls, f"{section}.{key}")
-        obj._where = (module, section, key)
+    def __new__(cls, module: str, owner: str, key: str) -> _Default:
+        obj = super().__new__(cls, f"{owner}.{key}")
+        obj._where = (module, owner, key)
         return obj
 
     def _value(self) -> str:
+        import dataclasses
+        import inspect
+
         from her2scope._configbase import field_default, show
 
-        module, section, key = self._where
-        return show(field_default(getattr(importlib.import_module(module), section), key))
+        module, owner, key = self._where
+        obj = getattr(importlib.import_module(module), owner)
+        if dataclasses.is_dataclass(obj):
+            return show(field_default(obj, key))
+        return show(inspect.signature(obj).parameters[key].default)
 
     def __format__(self, spec: str) -> str:
         return format(self._value(), spec)
@@ -56,9 +62,12 @@ class _Default(str):
         return self._value()
 
 
-def default_of(module: str, section: str, key: str) -> str:
-    """``show_default`` of an option that sets ``key`` of ``module.section`` (one source)."""
-    return _Default(module, section, key)
+def default_of(module: str, owner: str, key: str) -> str:
+    """``show_default`` of an option that sets ``key`` of ``module.owner`` (one source).
+
+    ``owner`` is a config section (its field's default) or a function (its parameter's).
+    """
+    return _Default(module, owner, key)
 
 
 def overlay(base: T, given: Mapping[str, Any], options: Mapping[str, str]) -> T:

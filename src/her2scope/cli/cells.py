@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from her2scope.cli._options import default_of
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``cells`` and ``cells-fit`` commands to ``app``."""
@@ -59,8 +61,6 @@ def build_config(settings: list[str] | None, dab_scale: float | None, target_mpp
 
 
 def _default(key: str) -> str:
-    from her2scope.cli._options import default_of
-
     return default_of("her2scope.cells.config", "CellConfig", key)
 
 

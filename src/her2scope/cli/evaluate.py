@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from her2scope.cli._options import default_of
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``evaluate`` and ``compare`` commands to ``app``."""
@@ -123,7 +125,12 @@ def evaluate(
 def compare(
     runs: list[Path] = typer.Argument(..., help="Evaluated run folders."),
     out: Path = typer.Option(Path("compare"), "--out", help="Folder for comparison.csv/.md."),
-    level: str = typer.Option("patient", "--level", help="tile, slide or patient."),
+    level: str = typer.Option(
+        None,
+        "--level",
+        help="tile, slide or patient.",
+        show_default=default_of("her2scope.evaluate.compare", "compare_runs", "level"),
+    ),
 ) -> None:
     """Table of the runs (macro-AUC [CI], per-class AUC, accuracy, macro-F1, kappa) with a paired
     patient bootstrap of macro-AUC against the best run; writes comparison.csv and comparison.md."""
@@ -131,6 +138,6 @@ def compare(
     from her2scope.evaluate.compare import compare_runs
 
     with output_lock(out):
-        table = compare_runs(runs, out, level=level)
+        table = compare_runs(runs, out, **({} if level is None else {"level": level}))
     typer.echo((out / "comparison.md").read_text(encoding="utf-8"))
     typer.echo(f"wrote {out / 'comparison.csv'} and {out / 'comparison.md'} ({len(table)} runs)")

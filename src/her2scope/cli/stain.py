@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from her2scope.cli._options import default_of
+
 stain_app = typer.Typer(help="IHC-aware Macenko stain normalisation (H + DAB). See docs/stain.md.")
 
 
@@ -15,8 +17,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _default(key: str) -> str:
-    from her2scope.cli._options import default_of
-
     return default_of("her2scope.stain.config", "StainConfig", key)
 
 
@@ -94,7 +94,12 @@ def show(
     slide_id: str = typer.Argument(..., help="Slide id (as in tiles.parquet)."),
     tiles: Path = typer.Option(..., "--tiles", help="Tiling output folder after `stain fit`."),
     out: Path = typer.Option(None, "--out", help="PNG to write (default TILES/stain_<id>.png)."),
-    n: int = typer.Option(4, "--n", help="Number of tiles shown."),
+    n: int = typer.Option(
+        None,
+        "--n",
+        help="Number of tiles shown.",
+        show_default=default_of("her2scope.stain.show", "show_slide", "n"),
+    ),
     config: Path = typer.Option(None, "--config", help="Run config YAML (its 'stain' section)."),
     mode: str = typer.Option(
         None,
@@ -116,5 +121,5 @@ def show(
             "name could be one of your files)"
         )
     cfg = _config(config, mode, None, None)
-    path = show_slide(tiles, slide_id, cfg, out, n=n)
+    path = show_slide(tiles, slide_id, cfg, out, **({} if n is None else {"n": n}))
     typer.echo(f"wrote {path}")

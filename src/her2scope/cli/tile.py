@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
+from her2scope.cli._options import default_of
+
 
 def _default(key: str) -> str:
-    from her2scope.cli._options import default_of
-
     return default_of("her2scope.tiling.config", "TilingConfig", key)
 
 
