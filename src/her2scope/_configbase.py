@@ -20,12 +20,13 @@ import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, TypeVar, Union, dataclass_transform, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import annotated_types
 from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
 from pydantic_core import PydanticCustomError
+from typing_extensions import dataclass_transform
 
 from her2scope.errors import ConfigError
 
@@ -99,12 +100,21 @@ def validate_section(cls: type[T], data: Mapping[str, Any], where: str) -> T:
         raise ConfigError("; ".join(m for _, m in translate(exc, cls, where))) from None
 
 
-@functools.cache
-def adapter(cls: type) -> Any:
+def adapter(cls: Any) -> Any:
     """The (cached) pydantic validator of section ``cls``."""
+    return _adapter(cls)
+
+
+@functools.cache
+def _adapter(cls: Any) -> Any:
     from pydantic import TypeAdapter
 
     return TypeAdapter(cls)
+
+
+def field_names(cls: type) -> list[str]:
+    """The settings of section ``cls``, in their order."""
+    return [f.name for f in dataclasses.fields(typing.cast(Any, cls))]
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -244,7 +254,8 @@ def _strip(tp: Any) -> tuple[Any, list[Any]]:
 
 
 def _bounds(tp: Any) -> tuple[float | None, float | None, bool, bool]:
-    lo = hi = None
+    lo: Any = None
+    hi: Any = None
     lo_open = hi_open = False
     for m in _strip(tp)[1]:
         for item in getattr(m, "metadata", [m]):  # FieldInfo keeps its constraints in .metadata
@@ -256,7 +267,7 @@ def _bounds(tp: Any) -> tuple[float | None, float | None, bool, bool]:
                 hi, hi_open = item.lt, True
             elif isinstance(item, annotated_types.Le):
                 hi, hi_open = item.le, False
-    return lo, hi, lo_open, hi_open  # type: ignore[return-value]
+    return lo, hi, lo_open, hi_open
 
 
 def range_rule(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:

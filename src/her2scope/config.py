@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -35,6 +36,7 @@ from her2scope._configbase import (
     adapter,
     config_section,
     field_default,
+    field_names,
     problem,
     show,
     translate,
@@ -84,7 +86,7 @@ class RunConfig:
 #: The sections of :class:`RunConfig`, in its order.
 SECTIONS: dict[str, type] = {
     f.name: f.default_factory  # type: ignore[misc]
-    for f in dataclasses.fields(RunConfig)
+    for f in dataclasses.fields(typing.cast(Any, RunConfig))
     if f.default_factory is not dataclasses.MISSING
 }
 
@@ -173,11 +175,11 @@ _MANIFEST_KEYS = ("manifest", "label_scheme", "allow_absolute_paths", "split_mod
 def _order(p: Problem) -> tuple[int, int]:
     """Problems in the config's order: top-level settings, then each section's, field by field."""
     parts = p[0].split("[")[0].split(".")
-    top = [f.name for f in dataclasses.fields(RunConfig)]
+    top = field_names(RunConfig)
     i = top.index(parts[0]) if parts[0] in top else len(top)
     j = 0
     if len(parts) > 1 and parts[0] in SECTIONS:
-        names = [f.name for f in dataclasses.fields(SECTIONS[parts[0]])]
+        names = field_names(SECTIONS[parts[0]])
         j = names.index(parts[1]) if parts[1] in names else len(names)
     return i, j
 
@@ -224,7 +226,7 @@ def _salvage(data: dict[str, Any], problems: list[Problem]) -> RunConfig | None:
             elif len(parts) > 1 and isinstance(data, dict):
                 data.pop(parts[0], None)  # a section that is not a mapping
         try:
-            return adapter(RunConfig).validate_python(data)  # type: ignore[no-any-return]
+            return typing.cast(RunConfig, adapter(RunConfig).validate_python(data))
         except ValidationError as exc:
             problems = translate(exc, RunConfig)
     return None
@@ -244,7 +246,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return str(v)
         return v
 
-    return conv(cfg)  # type: ignore[no-any-return]
+    return typing.cast(dict[str, Any], conv(cfg))
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
@@ -349,12 +351,12 @@ def reference_markdown() -> str:
     for name, cls in groups:
         out += [f"### `{name}`" if cls is not RunConfig else "### top level", ""]
         out += ["| key | default | allowed | meaning |", "|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
-            if name == "top level" and f.name in SECTIONS:
+        for field_name in field_names(cls):
+            if name == "top level" and field_name in SECTIONS:
                 continue
-            key = f.name if cls is RunConfig else f"{name}.{f.name}"
-            allowed, meaning = describe(cls, f.name)
-            default = show(field_default(cls, f.name))
+            key = field_name if cls is RunConfig else f"{name}.{field_name}"
+            allowed, meaning = describe(cls, field_name)
+            default = show(field_default(cls, field_name))
             out.append(f"| `{key}` | `{default}` | {allowed} | {meaning} |")
         out.append("")
     return "\n".join(out)

@@ -13,6 +13,7 @@ import importlib
 import logging
 import math
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -52,7 +53,7 @@ class _Default(str):
         module, owner, key = self._where
         obj = getattr(importlib.import_module(module), owner)
         if dataclasses.is_dataclass(obj):
-            return show(field_default(obj, key))
+            return show(field_default(typing.cast(type, obj), key))
         return show(inspect.signature(obj).parameters[key].default)
 
     def __format__(self, spec: str) -> str:
@@ -86,7 +87,7 @@ def overlay(base: T, given: Mapping[str, Any], options: Mapping[str, str]) -> T:
     name = SECTION_NAMES[cls]
     data = {**to_dict(base), **changes}
     try:
-        return adapter(cls).validate_python(data)  # type: ignore[no-any-return]
+        return typing.cast(T, adapter(cls).validate_python(data))
     except ValidationError as exc:
         lines = []
         for key, message in translate(exc, cls, name):

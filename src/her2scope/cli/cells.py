@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from her2scope.cli._options import default_of
+
+if TYPE_CHECKING:
+    from her2scope.cells.config import CellConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -15,10 +19,10 @@ def register(app: typer.Typer) -> None:
     app.command(name="cells-fit")(cells_fit)
 
 
-def _overrides(items: list[str] | None) -> dict[str, object]:
+def _overrides(items: list[str] | None) -> dict[str, str]:
     from her2scope.errors import ConfigError
 
-    out: dict[str, object] = {}
+    out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         key = key.strip().removeprefix("cells.")
@@ -28,18 +32,20 @@ def _overrides(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def build_config(settings: list[str] | None, dab_scale: float | None, target_mpp: float | None):  # type: ignore[no-untyped-def]
+def build_config(
+    settings: list[str] | None, dab_scale: float | None, target_mpp: float | None
+) -> CellConfig:
     """A :class:`CellConfig` from ``KEY=VALUE`` settings (YAML values) and the explicit options."""
-    import dataclasses
     import difflib
 
     import yaml
 
+    from her2scope._configbase import field_names
     from her2scope.cells.config import CellConfig
     from her2scope.cli._options import overlay
     from her2scope.errors import ConfigError
 
-    known = sorted(f.name for f in dataclasses.fields(CellConfig))
+    known = sorted(field_names(CellConfig))
     given: dict[str, object] = {}
     for key, raw in _overrides(settings).items():
         if key not in known:

@@ -138,6 +138,6 @@ def compare(
     from her2scope.evaluate.compare import compare_runs
 
     with output_lock(out):
-        table = compare_runs(runs, out, **({} if level is None else {"level": level}))
+        table = compare_runs(runs, out) if level is None else compare_runs(runs, out, level=level)
     typer.echo((out / "comparison.md").read_text(encoding="utf-8"))
     typer.echo(f"wrote {out / 'comparison.csv'} and {out / 'comparison.md'} ({len(table)} runs)")

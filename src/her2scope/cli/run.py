@@ -49,7 +49,7 @@ def run(
     models: str = typer.Option(
         None, "--models", help="Models to train: alexnet, a comma list, or all (default: config)."
     ),
-    workers: int = typer.Option(
+    workers: int | None = typer.Option(
         None, "--workers", help="Processes for tiling and stain fitting (default: CPUs, ≤ 4)."
     ),
 ) -> None:

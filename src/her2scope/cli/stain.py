@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from her2scope.cli._options import default_of
+
+if TYPE_CHECKING:
+    from her2scope.stain.config import StainConfig
 
 stain_app = typer.Typer(help="IHC-aware Macenko stain normalisation (H + DAB). See docs/stain.md.")
 
@@ -20,7 +24,9 @@ def _default(key: str) -> str:
     return default_of("her2scope.stain.config", "StainConfig", key)
 
 
-def _config(config: Path | None, mode: str | None, fit_tiles: int | None, reference: Path | None):  # type: ignore[no-untyped-def]
+def _config(
+    config: Path | None, mode: str | None, fit_tiles: int | None, reference: Path | None
+) -> StainConfig:
     """The 'stain' section of ``config`` (else the defaults) with the options given laid over it."""
     from her2scope.cli._options import overlay
     from her2scope.stain.config import StainConfig
