@@ -218,7 +218,7 @@ def explain_scored(
 
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.engine.predict import predict_tiles, resolve_device
-    from her2scope.scoring.score import _fit_normalizer
+    from her2scope.scoring.score import fit_slide_normalizer
     from her2scope.tiling import tile_slide
 
     path = Path(scored_json)
@@ -249,7 +249,7 @@ def explain_scored(
     )
     if tiles.empty:
         raise ConfigError(f"slide '{slide_path}' gives no tiles any more; was it changed?")
-    fitted, _ = _fit_normalizer(meta.config, tiles, mpp)
+    fitted, _ = fit_slide_normalizer(meta.config, tiles, mpp)
     norms = {sid: fitted} if meta.config.stain.mode != "none" else None
     probs = predict_tiles(model, meta, tiles, norms, batch_size=batch_size, device=dev)
     out = Path(out_dir) if out_dir is not None else path.parent
