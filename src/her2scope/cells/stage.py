@@ -125,8 +125,9 @@ def run_cells_stage(
         rec = reconcile_call(res, cnn_call.get(r.slide_id), str(run.predictions))
         recs.append(rec)
         truth = label_index(str(r.label))
-        if truth is not None and rec.get("comparable"):
-            label_pairs_cells.append((truth, label_index(str(rec["cell_call"]))))
+        cell_idx = label_index(str(rec["cell_call"])) if rec.get("comparable") else None
+        if truth is not None and cell_idx is not None:
+            label_pairs_cells.append((truth, cell_idx))
         cnn_idx = None if rec.get("cnn_score") is None else label_index(str(rec["cnn_score"]))
         if truth is not None and cnn_idx is not None:
             label_pairs_cnn.append((truth, cnn_idx))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from her2scope.errors import Her2ScopeError
 from her2scope.layout import RunLayout, TilesLayout
 
 REGIONS = ("membrane", "nucleus", "cytoplasm", "stroma", "glass")
@@ -71,6 +72,11 @@ def measure_pointing(
         if not mask_path.is_file():
             continue
         mask_full = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        if mask_full is None:
+            raise Her2ScopeError(
+                f"mask '{mask_path}' is not a readable PNG; re-create the cohort's masks "
+                "(her2scope synth --masks) or remove the file"
+            )
         masks = [mask_full[r.y : r.y + r.read_px, r.x : r.x + r.read_px] for r in part.itertuples()]
         keep = [i for i, m in enumerate(masks) if (m == 3).mean() > 0.01][:tiles_per_slide]
         if not keep:
