@@ -34,3 +34,19 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_cohort")
     return make_cohort(out, n_patients=6, n_centers=2, seed=0, slide_px=1280, masks=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tiles(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiles dir of ``tiny_cohort`` (tile_px 256 at 1 µm/px; ~20 tiles), stain-fitted
+    (preserve_dab). SYNTHETIC; treat it as read-only (copy it with ``writable_copy`` to alter)."""
+    from her2scope.stain import fit_stains
+    from her2scope.stain.config import StainConfig
+    from her2scope.tiling import tile_cohort
+    from her2scope.tiling.config import TilingConfig
+
+    out = tmp_path_factory.mktemp("tiny_tiles")
+    report = tile_cohort(tiny_cohort, out, TilingConfig(tile_px=256, target_mpp=1.0))
+    assert not report.failures, report.failures
+    fit_stains(out, StainConfig(mode="preserve_dab", fit_tiles=8))
+    return out

@@ -51,10 +51,10 @@ Fixtures (session scope, built once, treat as read-only; copy with ``writable_co
 -------------------------------------------------------------------------------------------
 ``tiny_cohort`` (from ``tests/conftest.py``)
     A 6-patient SYNTHETIC cohort: ``manifest.csv``, ``slides/*.tif``, ``rois/*.geojson``.
-``hostile_tiles``
+``tiny_tiles`` (from ``tests/conftest.py``)
     ``tiny_cohort`` tiled (256 px at 1 µm/px) and stain-fitted.
 ``hostile_run``
-    A ``timm:test_resnet`` run (random init, 64 px, 1 epoch) trained on ``hostile_tiles`` by
+    A ``timm:test_resnet`` run (random init, 64 px, 1 epoch) trained on ``tiny_tiles`` by
     :func:`her2scope.engine.train.train_model`: ``config.yaml``, ``splits.csv``, ``checkpoints/``
     (small files: copy it freely).
 ``hostile_env``
@@ -329,34 +329,18 @@ def hostile_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def hostile_tiles(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny_cohort`` tiled at 256 px / 1 µm/px and stain-fitted. Read-only."""
-    from her2scope.stain import fit_stains
-    from her2scope.stain.config import StainConfig
-    from her2scope.tiling import tile_cohort
-    from her2scope.tiling.config import TilingConfig
-
-    out = tmp_path_factory.mktemp("hostile_tiles")
-    report = tile_cohort(tiny_cohort, out, TilingConfig(tile_px=256, target_mpp=1.0))
-    assert not report.failures, report.failures
-    fit_stains(out, StainConfig(mode="preserve_dab", fit_tiles=8))
-    return out
-
-
-@pytest.fixture(scope="session")
 def hostile_run(
-    tiny_cohort: Path, hostile_tiles: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_cohort: Path, tiny_tiles: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """A run of ``timm:test_resnet`` (0.4 M parameters, random init, 64 px, 1 epoch) on
-    ``hostile_tiles``: the checkpoints are small, so copying the run is cheap. SYNTHETIC."""
-    pytest.importorskip("torch")
+    ``tiny_tiles``: the checkpoints are small, so copying the run is cheap. SYNTHETIC."""
     from her2scope.config import apply_overrides
     from her2scope.engine.train import train_model
-    from tests.integration.conftest import tiny_run_config
+    from tests.integration.tiny_pipeline import tiny_run_config
 
     cfg = apply_overrides(tiny_run_config(tiny_cohort), [f"train.models=[{HOSTILE_MODEL!r}]"])
     run_dir = tmp_path_factory.mktemp("hostile_run") / "test_resnet"
-    return train_model(cfg, HOSTILE_MODEL, hostile_tiles, run_dir)
+    return train_model(cfg, HOSTILE_MODEL, tiny_tiles, run_dir)
 
 
 #: The model of ``hostile_run``: timm's smallest test network.

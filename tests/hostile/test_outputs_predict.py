@@ -22,8 +22,6 @@ from tests.hostile.conftest import (
     writable_copy,
 )
 
-pytest.importorskip("torch")
-
 SID = "P000_S1"
 
 

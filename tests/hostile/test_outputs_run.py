@@ -278,13 +278,14 @@ def test_tile_on_a_full_disk_names_it(
 
 
 def test_checkpoint_save_on_a_full_disk_names_it(
-    tiny_cohort: Path, hostile_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_cohort: Path, tiny_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 14.7: `RuntimeError: [enforce fail at inline_container.cc:672]` on a full disk."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from her2scope.config import apply_overrides, dump_config
     from tests.hostile.conftest import HOSTILE_MODEL
-    from tests.integration.conftest import tiny_run_config
+    from tests.integration.tiny_pipeline import tiny_run_config
 
     cfg_path = tmp_path / "cfg.yaml"
     cfg = apply_overrides(tiny_run_config(tiny_cohort), [f"train.models=[{HOSTILE_MODEL!r}]"])
@@ -296,9 +297,9 @@ def test_checkpoint_save_on_a_full_disk_names_it(
         )
 
     monkeypatch.setattr(torch, "save", full_disk)
-    before = snapshot(hostile_tiles)
+    before = snapshot(tiny_tiles)
     r = cli(
-        "train", "--config", cfg_path, "--tiles", hostile_tiles, "--out", tmp_path / "runs",
+        "train", "--config", cfg_path, "--tiles", tiny_tiles, "--out", tmp_path / "runs",
         "--device", "cpu",
     )  # fmt: skip
     assert_clean_error(r, "disk full", "checkpoints")  # names the file being written
@@ -309,9 +310,9 @@ def test_checkpoint_save_on_a_full_disk_names_it(
 # ---- tampered intermediates ---------------------------------------------------------------------
 
 
-def test_corrupt_tiles_parquet_is_named_with_the_fix(hostile_tiles: Path, tmp_path: Path) -> None:
+def test_corrupt_tiles_parquet_is_named_with_the_fix(tiny_tiles: Path, tmp_path: Path) -> None:
     """Issue 14.11: a tampered tiles.parquet gave a traceback."""
-    tiles = writable_copy(hostile_tiles, tmp_path / "tiles")
+    tiles = writable_copy(tiny_tiles, tmp_path / "tiles")
     data = (tiles / "tiles.parquet").read_bytes()
     (tiles / "tiles.parquet").write_bytes(data[: len(data) // 2])
     before = snapshot(tiles)
@@ -320,8 +321,8 @@ def test_corrupt_tiles_parquet_is_named_with_the_fix(hostile_tiles: Path, tmp_pa
     before.assert_unchanged()
 
 
-def test_nan_in_a_stain_sidecar_is_named_with_the_fix(hostile_tiles: Path, tmp_path: Path) -> None:
-    tiles = writable_copy(hostile_tiles, tmp_path / "tiles")
+def test_nan_in_a_stain_sidecar_is_named_with_the_fix(tiny_tiles: Path, tmp_path: Path) -> None:
+    tiles = writable_copy(tiny_tiles, tmp_path / "tiles")
     side_path = sorted((tiles / "slides").glob("*.json"))[0]
     side = json.loads(side_path.read_text())
     assert side["stain"]["stain_matrix"] is not None
@@ -408,9 +409,9 @@ def test_synth_and_run_into_a_read_only_folder(
     assert list(out.iterdir()) == []
 
 
-def test_stain_show_never_writes_over_a_slide(tiny_cohort: Path, hostile_tiles: Path) -> None:
+def test_stain_show_never_writes_over_a_slide(tiny_cohort: Path, tiny_tiles: Path) -> None:
     slide = _one_slide(tiny_cohort)
-    before = snapshot(tiny_cohort.parent, hostile_tiles)
-    r = cli("stain", "show", slide.stem, "--tiles", hostile_tiles, "--out", slide)
+    before = snapshot(tiny_cohort.parent, tiny_tiles)
+    r = cli("stain", "show", slide.stem, "--tiles", tiny_tiles, "--out", slide)
     assert_clean_error(r, "--out", ".png")
     before.assert_unchanged()

@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytest.importorskip("torch")
-
 from tests.integration.test_predict import CLASSES, train_tiny_run
 
 

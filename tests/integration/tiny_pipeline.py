@@ -1,15 +1,110 @@
-"""A whole pipeline run on the ``tiny_cohort`` (real stages, tiny settings), built once per process.
+"""Builders shared by the integration and hostile tests (plain functions; the fixtures that use
+them are in ``conftest.py``): toy tile tables, the tiny run's config, and a whole pipeline run on
+the ``tiny_cohort`` (real stages, tiny settings), built once per process.
 
-Shared by ``test_pipeline.py`` and ``test_report_browser.py``; a module-level cache rather than a
-fixture so that both files can use it without a conftest change (under ``pytest -n`` with
-``--dist loadfile`` each worker that needs it builds its own copy).
+``tiny_pipeline`` is shared by ``test_pipeline.py`` and ``test_report_browser.py``; a module-level
+cache (under ``pytest -n`` with ``--dist loadfile`` each worker that needs it builds its own copy).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from her2scope.config import RunConfig, apply_overrides
+
+#: Mean RGB of each toy class: the classes differ in brown (DAB-like) intensity.
+TOY_COLOURS = {"1+": (200, 170, 190), "2+": (180, 130, 110), "3+": (140, 80, 50)}
+
+
+def make_toy_tiles(
+    out_dir: Path,
+    patients: list[tuple[str, str, str]],
+    slide_px: int = 128,
+    tile_px: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write one small pyramidal TIFF per patient and a ``tiles.parquet`` over all of them.
+
+    ``patients`` lists ``(patient_id, center, label)``. Each slide is a noisy field of its class
+    colour; every ``tile_px`` square of it is one tile row. Returns the tiles dir.
+    """
+    from her2scope.slide.write import write_pyramidal_tiff
+
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    manifest = []
+    for pid, center, label in patients:
+        slide_id = f"{pid}_S1"
+        base = np.array(TOY_COLOURS[label], dtype=np.float64)
+        img = base + rng.normal(0, 12, size=(slide_px, slide_px, 3))
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        path = write_pyramidal_tiff(out_dir / "slides" / f"{slide_id}.tif", img, mpp=0.5)
+        manifest.append(
+            {
+                "slide_id": slide_id,
+                "patient_id": pid,
+                "center": center,
+                "label": label,
+                "slide_path": f"slides/{slide_id}.tif",
+            }
+        )
+        for y in range(0, slide_px, tile_px):
+            for x in range(0, slide_px, tile_px):
+                rows.append(
+                    {
+                        "slide_id": slide_id,
+                        "patient_id": pid,
+                        "center": center,
+                        "label": label,
+                        "slide_path": str(Path(path).resolve()),
+                        "x": x,
+                        "y": y,
+                        "level": 0,
+                        "read_px": tile_px,
+                        "tile_px": tile_px,
+                        "mpp": 0.5,
+                        "white_frac": 0.0,
+                        "roi_cover": 1.0,
+                    }
+                )
+    pd.DataFrame(rows).to_parquet(out_dir / "tiles.parquet", index=False)
+    pd.DataFrame(manifest).to_csv(out_dir / "manifest.csv", index=False)
+    return out_dir
+
+
+#: 6 training-centre patients (2 per class) and 3 test-centre patients.
+TOY_PATIENTS = [
+    *[(f"A{i}", "A", lab) for i, lab in enumerate(["1+", "2+", "3+", "1+", "2+", "3+"])],
+    *[(f"B{i}", "B", lab) for i, lab in enumerate(["1+", "2+", "3+"])],
+]
+
+
+def tiny_run_config(tiny_cohort: Path, epochs: int = 1) -> RunConfig:
+    """The RunConfig of ``tiny_run``: alexnet at 64 px, preserve_dab stain normalisation (the
+    tiles are stain-fitted), centre A train/val, centre B test."""
+    return apply_overrides(
+        RunConfig(synthetic=True),
+        [
+            f"cohort.manifest={tiny_cohort}",
+            "cohort.test_centers=[B]",
+            "cohort.val_fraction=0.34",
+            "stain.mode=preserve_dab",
+            "tiling.tile_px=256",
+            "tiling.target_mpp=1.0",
+            "train.models=[alexnet]",
+            "train.pretrained=false",
+            "train.input_px=64",
+            f"train.epochs={epochs}",
+            "train.batch_size=8",
+            "train.workers=0",
+            "train.lr=0.0003",
+        ],
+    )
+
 
 _CACHE: dict[str, tuple[RunConfig, object]] = {}
 
