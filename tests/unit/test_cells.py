@@ -172,7 +172,12 @@ def test_slide_call_flags_borderline_and_empty() -> None:
     assert empty["call"] is None and empty["fractions"] is None
     assert h_score(np.zeros(0)) is None
     assert h_score(np.array([0, 1, 2, 3])) == pytest.approx(150.0)
-    assert CALLS == ("0-null", "0-ultralow", "1+", "2+", "3+")
+    # CALLS is the ladder the rules climb as staining grows (its order is the grade order)
+    ladder = [np.zeros(500, int)] + [
+        np.r_[np.full(n, k), np.zeros(500 - n, int)]
+        for k, n in ((1, 6), (1, 250), (2, 250), (3, 250))
+    ]
+    assert tuple(slide_call(p, cfg)["call"] for p in ladder) == CALLS
 
 
 def test_intensity_and_pattern_classes_at_thresholds() -> None:
