@@ -20,25 +20,17 @@ def stitch_cams(
     """
     import cv2
 
-    from her2scope.scoring.heatmap import tile_boxes
+    from her2scope.scoring.heatmap import paint_tiles, tile_boxes
 
     cams = np.asarray(cams, dtype=np.float32)
     boxes = tile_boxes(level0_xy, tile_level0_px, downsample)
     if cams.ndim != 3 or len(cams) != len(boxes):
         raise ValueError(f"need [N, h, w] CAMs for {len(boxes)} tiles, got shape {cams.shape}")
-    h, w = map_shape
-    acc = np.zeros((h, w), dtype=np.float64)
-    cnt = np.zeros((h, w), dtype=np.float64)
-    for cam, (r0, r1, c0, c1) in zip(cams, boxes, strict=True):
-        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
-        if rr1 <= rr0 or cc1 <= cc0:
-            continue
-        patch = cv2.resize(cam, (int(c1 - c0), int(r1 - r0)), interpolation=cv2.INTER_AREA)
-        acc[rr0:rr1, cc0:cc1] += patch[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
-        cnt[rr0:rr1, cc0:cc1] += 1
-    out = np.full((h, w), np.nan)
-    np.divide(acc, cnt, out=out, where=cnt > 0)
-    return out
+    return paint_tiles(
+        boxes,
+        map_shape,
+        lambda i, rows, cols: cv2.resize(cams[i], (cols, rows), interpolation=cv2.INTER_AREA),
+    )
 
 
 def mean_cam_by_label(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,33 @@ def tile_boxes(
     return np.stack([lo[:, 1], hi[:, 1], lo[:, 0], hi[:, 0]], axis=1).astype(np.int64)
 
 
+def paint_tiles(
+    boxes: np.ndarray,
+    map_shape: tuple[int, int],
+    patch: Callable[[int, int, int], np.ndarray | float],
+) -> np.ndarray:
+    """Average per-tile patches into a ``map_shape`` float map; NaN where no tile paints.
+
+    ``boxes`` are :func:`tile_boxes` rows; ``patch(i, rows, cols)`` is tile ``i``'s value (a
+    number, or an array of its whole box's shape). Boxes are clipped to the map.
+    """
+    h, w = map_shape
+    acc = np.zeros((h, w), dtype=np.float64)
+    cnt = np.zeros((h, w), dtype=np.float64)
+    for i, (r0, r1, c0, c1) in enumerate(boxes):
+        rr0, cc0, rr1, cc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+        if rr1 <= rr0 or cc1 <= cc0:
+            continue
+        value = patch(i, int(r1 - r0), int(c1 - c0))
+        if isinstance(value, np.ndarray):
+            value = value[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
+        acc[rr0:rr1, cc0:cc1] += value
+        cnt[rr0:rr1, cc0:cc1] += 1
+    out = np.full((h, w), np.nan)
+    np.divide(acc, cnt, out=out, where=cnt > 0)
+    return out
+
+
 def tile_value_map(
     level0_xy: np.ndarray,
     tile_level0_px: np.ndarray | float,
@@ -51,17 +78,7 @@ def tile_value_map(
     boxes = tile_boxes(level0_xy, tile_level0_px, downsample)
     if len(vals) != len(boxes):
         raise ValueError(f"{len(vals)} values for {len(boxes)} tiles")
-    h, w = map_shape
-    acc = np.zeros((h, w), dtype=np.float64)
-    cnt = np.zeros((h, w), dtype=np.float64)
-    for (r0, r1, c0, c1), v in zip(boxes, vals, strict=True):
-        r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
-        if c1 > c0 and r1 > r0:
-            acc[r0:r1, c0:c1] += v
-            cnt[r0:r1, c0:c1] += 1
-    out = np.full((h, w), np.nan)
-    np.divide(acc, cnt, out=out, where=cnt > 0)
-    return out
+    return paint_tiles(boxes, map_shape, lambda i, rows, cols: float(vals[i]))
 
 
 def _roi_rings(geom: Any) -> list[np.ndarray]:
