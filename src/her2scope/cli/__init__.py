@@ -11,7 +11,18 @@ import sys
 
 import typer
 
-from her2scope.cli import calibrate, cells, evaluate, predict, run, stain, synth, tile, train
+from her2scope.cli import (
+    calibrate,
+    cells,
+    evaluate,
+    export,
+    predict,
+    run,
+    stain,
+    synth,
+    tile,
+    train,
+)
 
 app = typer.Typer(
     name="her2scope",
@@ -44,7 +55,7 @@ def _root(
     """Score HER2 IHC on whole-slide images (see README.md for the quick start)."""
 
 
-for _module in (synth, tile, stain, train, evaluate, predict, calibrate, cells, run):
+for _module in (synth, tile, stain, train, evaluate, predict, export, calibrate, cells, run):
     _module.register(app)
 
 

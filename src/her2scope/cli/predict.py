@@ -56,6 +56,36 @@ def predict(
         "defaults are the run's config 'qc' section (docs/predict.md lists them).",
         show_default=False,
     ),
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="torch, or onnx: the run's exported model (her2scope export RUN --onnx) in ONNX "
+        "Runtime on the CPU. Both fp32; docs/performance.md.",
+    ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto (fp32 on a CPU, the run's AMP setting on CUDA), fp32, or bf16: faster on CPUs "
+        "with native bf16 but probabilities differ by ~1e-2, so a call can depend on the CPU.",
+    ),
+    onnx: Path = typer.Option(
+        None, "--onnx", help="ONNX file for --backend onnx. Default: RUN/checkpoints/best.onnx."
+    ),
+    threads: int = typer.Option(
+        None, "--threads", help="Compute threads (torch or ONNX Runtime). Default: from the CPUs."
+    ),
+    readers: int = typer.Option(
+        None,
+        "--readers",
+        help="Tile-reading threads running ahead of the model (0: none). Default: chosen with "
+        "--threads from the CPUs, never more than there are.",
+    ),
+    rescore: bool = typer.Option(
+        False,
+        "--rescore",
+        help="Score again slides whose outputs in --out were made with the same settings "
+        "(by default they are skipped, so an interrupted cohort resumes).",
+    ),
 ) -> None:
     """Score slides with a trained run: HER2 score, probabilities, uncertainty, reflex-FISH flag.
 
@@ -64,16 +94,36 @@ def predict(
     OUT/<slide_id>.her2scope-heatmap.png, OUT/<slide_id>.her2scope-tiles.geojson (QuPath: File →
     Import objects) and OUT/summary.csv; refuses (exit 2, nothing written) when an output would
     replace an input. A failing slide is reported and the others go on; the exit status is 1 when
-    any slide failed. See docs/predict.md.
+    any slide failed. A slide already scored into OUT with the same settings is skipped (resume;
+    --rescore scores it again). See docs/predict.md and docs/performance.md.
     Research software, not a medical device.
     """
     from her2scope._lock import output_lock
     from her2scope.cli._options import bound_workers, check_device, check_int, check_mpp
+    from her2scope.engine.infer import BACKENDS, PRECISIONS, InferenceOptions
+    from her2scope.errors import ConfigError
     from her2scope.scoring.score import parse_shard, score_slides
 
     shard_t = parse_shard(shard) if shard else None
     workers = bound_workers("--workers", workers, None) or 1
     check_int("--batch-size", batch_size, 1, 65536)
+    check_int("--threads", threads, 1, 1024)
+    check_int("--readers", readers, 0, 1024)
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend '{backend}': choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if onnx is not None and backend != "onnx":
+        raise ConfigError("--onnx FILE goes with --backend onnx")
+    inference = InferenceOptions(
+        backend=backend,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
+        onnx_path=str(onnx) if onnx is not None else None,
+        threads=threads,
+        readers=readers,
+    )
+    if problems := inference.problems():
+        raise ConfigError("; ".join(problems))
     check_mpp("--mpp", mpp)
     check_device("--device", device)
     _check_run(run)
@@ -93,6 +143,8 @@ def predict(
             center=center,
             qc=qc,
             cells=cells,
+            inference=inference,
+            rescore=rescore,
         )
     s = report.summary
     n_ok = int((s["status"] == "ok").sum())
@@ -108,7 +160,12 @@ def predict(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    typer.echo(f"{n_ok}/{len(s)} slide(s) scored; summary: {report.summary_path}")
+    rate = f", {report.slides_per_hour:.0f} slides/hour" if report.slides_per_hour else ""
+    skipped = f" ({report.n_skipped} already scored, skipped)" if report.n_skipped else ""
+    typer.echo(
+        f"{n_ok}/{len(s)} slide(s) scored{skipped} in {report.seconds:.1f} s{rate}; "
+        f"summary: {report.summary_path}"
+    )
     if report.failures:
         typer.secho(f"{len(report.failures)} slide(s) failed:", fg=typer.colors.RED, err=True)
         for path, msg in report.failures:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,7 +142,9 @@ def export_onnx(model: nn.Module, meta: RunMeta, path: str | Path, checkpoint_sh
     graph_model = exportable(model, meta.input_px)
     x = torch.zeros(2, 3, meta.input_px, meta.input_px)
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # the legacy exporter is chosen on purpose (the dynamo one needs onnxscript)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             graph_model,
             (x,),

@@ -37,6 +37,8 @@ from her2scope.scoring.qc import reasons as qc_reasons
 if TYPE_CHECKING:
     import pandas as pd
 
+    from her2scope.engine.infer import InferenceOptions
+
 log = logging.getLogger(__name__)
 
 NOT_A_DEVICE = (
@@ -52,6 +54,11 @@ class ScoreReport:
     summary: pd.DataFrame
     summary_path: Path
     failures: list[tuple[str, str]] = field(default_factory=list)  # (slide path, message)
+    n_skipped: int = 0  # already scored with the same settings (resume)
+    seconds: float = 0.0  # wall time of the call
+    slides_per_hour: float | None = None  # slides scored (not skipped) per hour of the call
+    tiles_per_second: float | None = None
+    inference: dict[str, Any] | None = None  # the path the model ran on (engine.infer)
 
     @property
     def ok(self) -> bool:
@@ -150,31 +157,152 @@ def _resolve_roi(rois: str | Path | None, slide: Path, n_slides: int) -> Path | 
     return resolve_roi_argument(rois, slide_id_of(slide), n_slides, "tiling the detected tissue")
 
 
-def _fit_normalizer(
+def fit_slide_normalizer(
     cfg: Any, tiles_df: pd.DataFrame, mpp: float | None = None
 ) -> tuple[Any, list[np.ndarray]]:
     """A stain normaliser fitted on this slide's own tiles (as training did), and those tiles.
 
-    The same tiles, at the same (tile) size, as ``her2scope stain fit`` would pick for this slide:
-    :func:`her2scope.stain.slides.sample_fit_tiles` and ``read_fit_tiles``.
-
-    Fitted even when the run does not normalise (``stain.mode=none``, then in ``preserve_dab``
-    mode): the QC gates read the fitted stain vectors.
+    :func:`her2scope.stain.slides.fit_slide_stains` with the run config ``cfg``: the same tiles, at
+    the same (tile) size, as ``her2scope stain fit`` picks for this slide. Fitted even when the run
+    does not normalise (``stain.mode=none``, then in ``preserve_dab`` mode): the QC gates read the
+    fitted stain vectors.
     """
-    mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
-    from her2scope.stain import StainNormalizer
-    from her2scope.stain.slides import read_fit_tiles, sample_fit_tiles
+    from her2scope.stain.slides import fit_slide_stains
 
-    rows = sample_fit_tiles(tiles_df, int(cfg.stain.fit_tiles)).to_dict("records")
-    images, _, errors = read_fit_tiles(rows, reader=cfg.tiling.reader, mpp=mpp)
-    if not images:
-        raise Her2ScopeError(
-            f"none of the {len(rows)} tiles sampled for the stain fit could be read "
-            f"({errors[0] if errors else 'no tiles'})"
+    mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
+    sid = str(tiles_df["slide_id"].iloc[0]) if len(tiles_df) else "?"
+    fit = fit_slide_stains(
+        tiles_df, sid, mode, cfg.stain.reference, cfg.stain.fit_tiles, cfg.tiling.reader, mpp
+    )
+    return fit.normalizer, fit.images
+
+
+@dataclass
+class ScoreSettings:
+    """How one ``predict`` call scores: what, beside the slide itself, decides its outputs.
+
+    :meth:`fingerprint` of a slide is stored in its JSON (``settings_fingerprint``); a later call
+    with the same fingerprint skips the slide (resume). Threads, readers and the batch size are
+    left out: they do not change a result beyond float rounding.
+    """
+
+    values: dict[str, Any]
+
+    @classmethod
+    def for_call(
+        cls,
+        run_dir: Path,
+        qc: QCConfig | None,
+        force: bool,
+        center: str | None,
+        cells: bool,
+        mpp: float | None,
+        device_type: str,
+        inference: dict[str, Any],
+    ) -> ScoreSettings:
+        from her2scope import __version__
+        from her2scope.config import to_dict
+        from her2scope.engine.onnx_backend import file_sha256
+
+        def sha(path: Path) -> str | None:
+            return file_sha256(path) if path.is_file() else None
+
+        return cls(
+            {
+                "checkpoint_sha256": sha(run_dir / "checkpoints" / "best.pt"),
+                "calibration_sha256": sha(run_dir / "calibration.json"),
+                "center": center,
+                "site_calibration_sha256": sha(run_dir / "site_calibration.json")
+                if center
+                else None,
+                "qc_thresholds": to_dict(qc) if qc is not None else "run",
+                "force": bool(force),
+                "cells": bool(cells),
+                "mpp_given": mpp,
+                "device_type": device_type,
+                "inference": inference,
+                "her2scope_version": __version__,
+            }
         )
-    norm = StainNormalizer(mode=mode, reference=cfg.stain.reference)
-    fitted = norm.fit(images)
-    return (fitted if fitted is not None else norm), images
+
+    def for_slide(self, path: Path, roi: Path | None) -> dict[str, Any]:
+        def stat(p: Path | None) -> list[Any] | None:
+            if p is None:
+                return None
+            st = p.stat()
+            return [str(p.resolve()), st.st_size, st.st_mtime_ns]
+
+        return {**self.values, "slide_file": stat(path), "roi_file": stat(roi)}
+
+    @staticmethod
+    def fingerprint(settings: dict[str, Any]) -> str:
+        import hashlib
+        import json
+
+        text = json.dumps(settings, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _previous_result(
+    out: Path, sid: str, fingerprint: str, cells: bool
+) -> tuple[dict[str, Any], tuple[str, ...]] | None:
+    """(summary row, classes) of a slide already scored into ``out`` with the same settings,
+    else None. Needs the slide's JSON with this ``settings_fingerprint`` and every output it
+    names."""
+    import json
+
+    names = output_paths(out, sid)
+    try:
+        doc = json.loads(names["json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("settings_fingerprint") != fingerprint:
+        return None
+    status = doc.get("status")
+    if status not in ("ok", "qc_failed"):
+        return None
+    needed = [names["heatmap"], names["qupath_geojson"]] if status == "ok" else []
+    if cells and status == "ok":
+        from her2scope.cells.slide import output_paths as cell_output_paths
+
+        needed += [out / n for n in (doc.get("cells") or {}).get("outputs", {}).values()]
+        needed += [] if doc.get("cells") else list(cell_output_paths(out, sid).values())
+    if not all(p.is_file() for p in needed):
+        return None
+    classes = tuple((doc.get("provenance") or {}).get("classes") or ())
+    failed = [c["check"] for c in doc.get("qc", []) if not c.get("passed")]
+    row: dict[str, Any] = {
+        "status": status,
+        "n_tiles": doc.get("n_tiles"),
+        "qc_passed": not failed,
+        "qc_failed_checks": ";".join(failed),
+        "inference": _inference_label(doc.get("inference")),
+    }
+    if status == "ok":
+        probs = doc.get("probabilities") or {}
+        row.update(
+            score=doc.get("score"),
+            **{f"prob_{c}": probs.get(c) for c in classes},
+            uncertainty=doc.get("uncertainty"),
+            reflex_fish=bool((doc.get("reflex_fish") or {}).get("flag")),
+        )
+        if cells:
+            c = doc.get("cells") or {}
+            row.update(
+                cell_score=c.get("score"),
+                cell_review=(c.get("reconciliation") or {}).get("review"),
+            )
+    return row, classes
+
+
+def _inference_label(rec: dict[str, Any] | None) -> str:
+    """``torch/fp32/channels_last`` — the summary's short form of a JSON ``inference`` record."""
+    if not rec:
+        return ""
+    parts = [str(rec.get("backend")), str(rec.get("precision"))]
+    if rec.get("channels_last"):
+        parts.append("channels_last")
+    return "/".join(parts)
 
 
 def score_slides(
@@ -191,6 +319,9 @@ def score_slides(
     force: bool = False,
     center: str | None = None,
     cells: bool = False,
+    *,
+    inference: InferenceOptions | None = None,
+    rescore: bool = False,
 ) -> ScoreReport:
     """Score ``slides`` with the best checkpoint of ``run_dir``; write results to ``out_dir``.
 
@@ -207,13 +338,23 @@ def score_slides(
     go into the slide JSON (``cells``). Probabilities are calibrated and the reflex flag follows
     the run's policy
     (``RUN/calibration.json``; a run without one uses T = 1 and ``evaluate.reflex_uncertainty``).
+
+    ``inference`` says how the model runs (:class:`~her2scope.engine.infer.InferenceOptions`;
+    default fp32). Resume: a slide whose JSON in ``out_dir`` was written with the same settings
+    (:class:`ScoreSettings`) and whose outputs are all there is skipped with a log line and its
+    summary row rebuilt from the JSON, unless ``rescore``.
     """
+    import time
+
     import pandas as pd
 
-    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.infer import InferenceOptions
     from her2scope.engine.predict import resolve_device
-    from her2scope.scoring.site import apply_site
 
+    t_start = time.perf_counter()
+    opts = inference or InferenceOptions()
+    if problems := opts.problems():
+        raise ConfigError("; ".join(problems))
     paths = [Path(s) for s in slides]
     if not paths:
         raise ConfigError("no slides given")
@@ -247,8 +388,153 @@ def score_slides(
     )
     ensure_writable(out)
     dev = resolve_device(device)
+    settings = ScoreSettings.for_call(
+        Path(run_dir), qc, force, center, cells, mpp, dev.type, opts.fingerprint()
+    )
+    calls = _plan_slides(paths, rois, len(slides), out, settings, cells, rescore)
+    runner = _load_runner(run_dir, dev, center, opts, qc, force, cells) if calls.todo else None
+    rows: list[dict[str, Any]] = []
+    failures: list[tuple[str, str]] = []
+    n_tiles_scored = 0
+    for path in track(paths, "score slides"):
+        sid = slide_id_of(path)
+        base = {"slide_id": sid, "slide_path": str(path)}
+        if sid in calls.done:
+            rows.append({**base, **calls.done[sid], "error": ""})
+            continue
+        try:
+            todo = calls.todo[sid]
+            if isinstance(todo, Exception):
+                raise todo
+            assert runner is not None
+            roi, fp = todo
+            result = _score_one(path, sid, roi, runner, out, workers, mpp, batch_size, fp)
+            if result.get("status", "ok") == "ok":
+                n_tiles_scored += int(result.get("n_tiles") or 0)
+            rows.append({**base, "status": "ok", **result, "error": ""})
+        except Exception as exc:  # one slide must not stop the cohort
+            from her2scope.errors import describe_exception
+
+            msg = describe_exception(exc)  # never a raw "IndexError: …"
+            if not isinstance(exc, Her2ScopeError):
+                log.debug("slide %s failed:\n%s", path, traceback.format_exc())
+            log.error("slide %s failed: %s", path, msg)
+            failures.append((str(path), msg))
+            rows.append({**base, "status": "failed", "error": msg})
+    classes = runner.meta.classes if runner is not None else calls.classes
+    cols = [
+        "slide_id",
+        "slide_path",
+        "status",
+        "score",
+        *[f"prob_{c}" for c in classes],
+        "n_tiles",
+        "uncertainty",
+        "reflex_fish",
+        "qc_passed",
+        "qc_failed_checks",
+        *(["cell_score", "cell_review"] if cells else []),
+        "inference",
+        "error",
+    ]
+    summary = pd.DataFrame(rows).reindex(columns=cols)
+    summary["n_tiles"] = summary["n_tiles"].astype("Int64")  # 6, not 6.0, beside a failed row
+    summary_path = out / summary_name(shard)
+    merged = _merge_summary(summary_path, summary)
+    write_with(summary_path, lambda p: merged.to_csv(p, index=False))
+    seconds = time.perf_counter() - t_start
+    n_scored = len(calls.todo) - len(failures)
+    rate = 3600.0 * n_scored / seconds if n_scored and seconds > 0 else None
+    log.info(
+        "predict: %d slide(s) scored, %d skipped (already scored with these settings), %d failed "
+        "in %.1f s%s",
+        n_scored,
+        len(calls.done),
+        len(failures),
+        seconds,
+        f" ({rate:.0f} slides/hour, {n_tiles_scored / seconds:.1f} tiles/s)" if rate else "",
+    )
+    return ScoreReport(
+        summary=summary,
+        summary_path=summary_path,
+        failures=failures,
+        n_skipped=len(calls.done),
+        seconds=seconds,
+        slides_per_hour=rate,
+        tiles_per_second=n_tiles_scored / seconds if n_tiles_scored else None,
+        inference=runner.predictor.record() if runner is not None else None,
+    )
+
+
+@dataclass
+class _SlidePlan:
+    """Which slides of a call are already done (their summary rows) and which to score."""
+
+    done: dict[str, dict[str, Any]]
+    todo: dict[str, tuple[Path | None, dict[str, Any]] | Exception]  # id → (ROI, settings)
+    classes: tuple[str, ...] = ()
+
+
+def _plan_slides(
+    paths: Sequence[Path],
+    rois: str | Path | None,
+    n_given: int,
+    out: Path,
+    settings: ScoreSettings,
+    cells: bool,
+    rescore: bool,
+) -> _SlidePlan:
+    """Resolve each slide's ROI and settings; find the slides scored before with the same ones."""
+    plan = _SlidePlan({}, {})
+    for path in paths:
+        sid = slide_id_of(path)
+        try:
+            roi = _resolve_roi(rois, path, n_given)
+            slide_settings = settings.for_slide(path, roi)
+        except Exception as exc:  # raised again, and reported, when the slide is scored
+            plan.todo[sid] = exc
+            continue
+        fp = ScoreSettings.fingerprint(slide_settings)
+        if not rescore:
+            found = _previous_result(out, sid, fp, cells)
+            if found is not None:
+                log.info("slide %s: already scored with these settings; skipped", sid)
+                plan.done[sid], plan.classes = found
+                continue
+        plan.todo[sid] = (roi, {**slide_settings, "fingerprint": fp})
+    return plan
+
+
+@dataclass
+class _Runner:
+    """What every slide of one call shares: the model's predictor and the run context."""
+
+    meta: Any
+    predictor: Any  # engine.infer.Predictor
+    ctx: _RunContext
+
+
+def _load_runner(
+    run_dir: str | Path,
+    dev: Any,
+    center: str | None,
+    opts: InferenceOptions,
+    qc: QCConfig | None,
+    force: bool,
+    cells: bool,
+) -> _Runner:
+    """Load the run's model once for the call (checked against the run), ready to predict."""
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.infer import Predictor
+    from her2scope.scoring.site import apply_site
+
     model, meta = load_run_model(run_dir, "best", device=dev)
     model, site = apply_site(model, meta, run_dir, center)  # --center: RUN/site_calibration.json
+    if opts.backend == "onnx" and site is not None and float(site.get("dab_scale", 1.0)) != 1.0:
+        raise ConfigError(
+            f"--center {center}: the site's DAB scaling runs in torch; use --backend torch with "
+            "--center"
+        )
     ctx = _RunContext(
         calibration=load_calibration(run_dir, meta.config.evaluate.reflex_uncertainty),
         train_mpp=training_mpp(run_dir, meta),
@@ -258,49 +544,7 @@ def score_slides(
         site=site,
         cells=(getattr(meta.config, "cells", None) or _default_cell_config()) if cells else None,
     )
-    rows: list[dict[str, Any]] = []
-    failures: list[tuple[str, str]] = []
-    for path in track(paths, "score slides"):
-        sid = slide_id_of(path)
-        try:
-            roi = _resolve_roi(rois, path, len(slides))
-            result = _score_one(
-                path, sid, roi, model, meta, out, workers, mpp, dev, batch_size, ctx
-            )
-            rows.append(
-                {"slide_id": sid, "slide_path": str(path), "status": "ok", **result, "error": ""}
-            )
-        except Exception as exc:  # one slide must not stop the cohort
-            from her2scope.errors import describe_exception
-
-            msg = describe_exception(exc)  # never a raw "IndexError: …"
-            if not isinstance(exc, Her2ScopeError):
-                log.debug("slide %s failed:\n%s", path, traceback.format_exc())
-            log.error("slide %s failed: %s", path, msg)
-            failures.append((str(path), msg))
-            rows.append(
-                {"slide_id": sid, "slide_path": str(path), "status": "failed", "error": msg}
-            )
-    cols = [
-        "slide_id",
-        "slide_path",
-        "status",
-        "score",
-        *[f"prob_{c}" for c in meta.classes],
-        "n_tiles",
-        "uncertainty",
-        "reflex_fish",
-        "qc_passed",
-        "qc_failed_checks",
-        *(["cell_score", "cell_review"] if cells else []),
-        "error",
-    ]
-    summary = pd.DataFrame(rows).reindex(columns=cols)
-    summary["n_tiles"] = summary["n_tiles"].astype("Int64")  # 6, not 6.0, beside a failed row
-    summary_path = out / summary_name(shard)
-    merged = _merge_summary(summary_path, summary)
-    write_with(summary_path, lambda p: merged.to_csv(p, index=False))
-    return ScoreReport(summary=summary, summary_path=summary_path, failures=failures)
+    return _Runner(meta, Predictor(model, meta, dev, opts), ctx)
 
 
 @dataclass
@@ -343,7 +587,7 @@ def slide_qc(
             f"{sidecar.get('n_dropped_roi', 0)} outside the ROI); check the ROI file and the "
             "tiling settings of the run"
         )
-    fitted, fit_images = _fit_normalizer(cfg, tiles, mpp)
+    fitted, fit_images = fit_slide_normalizer(cfg, tiles, mpp)
     with open_slide(path, mpp=mpp, reader=cfg.tiling.reader) as slide:
         thumb = slide.thumbnail(cfg.explain.heatmap_max_px)
         w0, _ = slide.dimensions
@@ -358,135 +602,176 @@ def _score_one(
     path: Path,
     sid: str,
     roi_path: Path | None,
-    model: Any,
-    meta: Any,
+    runner: _Runner,
     out: Path,
     workers: int,
     mpp: float | None,
-    device: Any,
     batch_size: int,
-    ctx: _RunContext,
+    settings: dict[str, Any],
 ) -> dict[str, Any]:
-    from her2scope.engine.predict import predict_tiles
-    from her2scope.report.qupath import write_qupath_geojson
-    from her2scope.scoring.heatmap import draw_heatmap, tile_value_map
-    from her2scope.slide.rois import load_rois
+    """Score one slide: QC gates, then predict, aggregate, draw and write; its summary row."""
+    import time
 
-    cfg = meta.config
-    classes = tuple(meta.classes)
+    from her2scope.engine.predict import predict_tiles
+
+    t0 = time.perf_counter()
+    meta, ctx, cfg = runner.meta, runner.ctx, runner.meta.config
     sq = slide_qc(path, sid, cfg, ctx.train_mpp, ctx.qc, roi_path, mpp, workers)
-    tiles, sidecar, fitted, thumb, checks = sq.tiles, sq.sidecar, sq.fitted, sq.thumbnail, sq.checks
-    w0 = sq.level0_width
-    norm = fitted if cfg.stain.mode != "none" else None
-    failed_checks = [c.check for c in checks if not c.passed]
-    stain_fit = _stain_fit_record(fitted, norm is not None)
-    provenance = _provenance(meta, cfg, ctx)
-    qc_doc = [c.to_dict() for c in checks]
+    t_qc = time.perf_counter() - t0
+    norm = sq.fitted if cfg.stain.mode != "none" else None
     names = output_paths(out, sid)
-    if failed_checks and not ctx.force:
-        write_json(
-            names["json"],
-            {
-                "slide_id": sid,
-                "slide_path": str(path),
-                "status": "qc_failed",
-                "score": None,
-                "qc_passed": False,
-                "qc_reasons": qc_reasons(checks),
-                "qc": qc_doc,
-                "n_tiles": len(tiles),
-                "stain_fit": stain_fit,
-                "roi_path": str(roi_path) if roi_path is not None else None,
-                "provenance": provenance,
-                "note": NOT_A_DEVICE,
-            },
-        )
-        log.warning("slide %s not scored (QC): %s", sid, "; ".join(qc_reasons(checks)))
+    failed = [c.check for c in sq.checks if not c.passed]
+    common = {
+        "slide_id": sid,
+        "slide_path": str(path),
+        "n_tiles": len(sq.tiles),
+        "qc_reasons": qc_reasons(sq.checks),
+        "qc": [c.to_dict() for c in sq.checks],
+        "stain_fit": _stain_fit_record(sq.fitted, norm is not None),
+        "roi_path": str(roi_path) if roi_path is not None else None,
+        "provenance": _provenance(meta, cfg, ctx),
+        "settings_fingerprint": settings.get("fingerprint"),
+        "note": NOT_A_DEVICE,
+    }
+    if failed and not ctx.force:
+        doc = {"status": "qc_failed", "score": None, "qc_passed": False, **common}
+        write_json(names["json"], doc)
+        log.warning("slide %s not scored (QC): %s", sid, "; ".join(common["qc_reasons"]))
         return {
             "status": "qc_failed",
-            "n_tiles": len(tiles),
+            "n_tiles": len(sq.tiles),
             "qc_passed": False,
-            "qc_failed_checks": ";".join(failed_checks),
+            "qc_failed_checks": ";".join(failed),
         }
+    t1 = time.perf_counter()
     raw = predict_tiles(
-        model,
+        None,
         meta,
-        tiles,
+        sq.tiles,
         {sid: norm} if norm is not None else None,
         batch_size=batch_size,
-        device=device,
+        predictor=runner.predictor,
     )
-    probs = apply_temperature(raw, ctx.calibration.temperature)
+    t_predict = time.perf_counter() - t1
+    call = _slide_call(apply_temperature(raw, ctx.calibration.temperature), meta, ctx)
+    outputs = _write_maps(names, sid, sq, call, meta, roi_path)
+    inference = {
+        **runner.predictor.record(),
+        "tiles_per_second": round(len(sq.tiles) / t_predict, 2) if t_predict > 0 else None,
+    }
+    doc = {
+        **_call_doc(call, ctx),
+        "status": "ok",
+        "qc_passed": not failed,
+        "qc_forced": bool(failed),
+        **common,
+        "aggregate_rule": cfg.evaluate.aggregate,
+        "mpp_given": mpp,
+        "outputs": outputs,
+        "inference": inference,
+    }
+    row: dict[str, Any] = {}
+    if ctx.cells is not None:
+        doc["cells"] = _cells_for_slide(path, sid, roi_path, out, mpp, cfg, ctx, call.score, names)
+        row = {
+            "cell_score": doc["cells"].get("score"),
+            "cell_review": (doc["cells"].get("reconciliation") or {}).get("review"),
+        }
+    doc["timing_s"] = {
+        "tiling_stain_qc": round(t_qc, 3),
+        "predict": round(t_predict, 3),
+        "total": round(time.perf_counter() - t0, 3),
+    }
+    write_json(names["json"], doc)
+    return {
+        **row,
+        "score": call.score,
+        **{f"prob_{c}": call.prob_map[c] for c in meta.classes},
+        "n_tiles": len(sq.tiles),
+        "uncertainty": call.uncertainty,
+        "reflex_fish": bool(call.reflex["flag"]),
+        "qc_passed": not failed,
+        "qc_failed_checks": ";".join(failed),
+        "inference": _inference_label(inference),
+    }
+
+
+@dataclass
+class _SlideCall:
+    """A slide's call from its calibrated tile probabilities."""
+
+    probs: np.ndarray  # [N, K] calibrated tile probabilities
+    score: str
+    prob_map: dict[str, float]
+    percent: np.ndarray
+    uncertainty: float
+    reflex: dict[str, Any]
+
+
+def _slide_call(probs: np.ndarray, meta: Any, ctx: _RunContext) -> _SlideCall:
+    classes = tuple(meta.classes)
+    cfg = meta.config
     slide_p, score, percent = aggregate_tiles(
         probs, classes, cfg.evaluate.aggregate, cfg.evaluate.percent_threshold
     )
     prob_map = {c: float(p) for c, p in zip(classes, slide_p, strict=True)}
     reflex = reflex_decision(prob_map, score, ctx.calibration.policy)
-    uncertainty = slide_uncertainty(slide_p)
-    downsample = w0 / thumb.shape[1]
-    xy = tiles[["x", "y"]].to_numpy(dtype=np.float64)
-    # the tiling grid's step in level-0 px (an integer), not read_px × a downsample like 4.0003
-    side = np.full(len(tiles), float(sidecar["level0_tile_px"]))
-    expected = probs @ np.arange(len(classes), dtype=np.float64)
-    vmap = tile_value_map(xy, side, expected, thumb.shape[:2], downsample)
-    roi_geom = load_rois(roi_path, cfg.tiling.roi_classes) if roi_path is not None else None
-    heatmap_path = draw_heatmap(
-        names["heatmap"],
-        thumb,
-        vmap,
-        downsample,
-        classes,
-        title=f"{sid}: HER2 {score} (expected score per tile; {meta.model_name})",
-        roi=roi_geom,
-    )
-    geojson_path = write_qupath_geojson(names["qupath_geojson"], xy, side, probs, classes)
-    doc = {
-        "slide_id": sid,
-        "slide_path": str(path),
-        "score": score,
-        "probabilities": prob_map,
-        "tile_percent": {c: round(float(p), 4) for c, p in zip(classes, percent, strict=True)},
-        "n_tiles": len(tiles),
-        "uncertainty": round(uncertainty, 6),
+    return _SlideCall(probs, score, prob_map, percent, slide_uncertainty(slide_p), reflex)
+
+
+def _call_doc(call: _SlideCall, ctx: _RunContext) -> dict[str, Any]:
+    """The JSON fields of a slide's call: score, probabilities, uncertainty, reflex flag."""
+    return {
+        "score": call.score,
+        "probabilities": call.prob_map,
+        "tile_percent": {
+            c: round(float(p), 4) for c, p in zip(call.prob_map, call.percent, strict=True)
+        },
+        "uncertainty": round(call.uncertainty, 6),
         "uncertainty_measure": "normalised entropy of the slide probabilities (0 certain, 1 uniform)",
-        "reflex_fish": {"flag": bool(reflex["flag"]), "reason": str(reflex["reason"])},
+        "reflex_fish": {"flag": bool(call.reflex["flag"]), "reason": str(call.reflex["reason"])},
         "reflex_policy": {
             "threshold": ctx.calibration.policy.threshold,
             "description": ctx.calibration.policy.description,
         },
         "calibration": {"temperature": ctx.calibration.temperature, "level": ctx.calibration.level},
         "site_calibration": ctx.site,
-        "status": "ok",
-        "qc_passed": not failed_checks,
-        "qc_forced": bool(failed_checks),
-        "qc_reasons": qc_reasons(checks),
-        "qc": qc_doc,
-        "stain_fit": stain_fit,
-        "aggregate_rule": cfg.evaluate.aggregate,
-        "mpp_given": mpp,
-        "roi_path": str(roi_path) if roi_path is not None else None,
-        "outputs": {"heatmap": heatmap_path.name, "qupath_geojson": geojson_path.name},
-        "provenance": provenance,
-        "note": NOT_A_DEVICE,
     }
-    cell_row: dict[str, Any] = {}
-    if ctx.cells is not None:
-        doc["cells"] = _cells_for_slide(path, sid, roi_path, out, mpp, cfg, ctx, score, names)
-        cell_row = {
-            "cell_score": doc["cells"].get("score"),
-            "cell_review": (doc["cells"].get("reconciliation") or {}).get("review"),
-        }
-    write_json(names["json"], doc)
-    return {
-        **cell_row,
-        "score": score,
-        **{f"prob_{c}": prob_map[c] for c in classes},
-        "n_tiles": len(tiles),
-        "uncertainty": uncertainty,
-        "reflex_fish": bool(reflex["flag"]),
-        "qc_passed": not failed_checks,
-        "qc_failed_checks": ";".join(failed_checks),
-    }
+
+
+def _write_maps(
+    names: dict[str, Path],
+    sid: str,
+    sq: SlideQC,
+    call: _SlideCall,
+    meta: Any,
+    roi_path: Path | None,
+) -> dict[str, str]:
+    """The heatmap PNG and the QuPath GeoJSON of a scored slide; their file names."""
+    from her2scope.report.qupath import write_qupath_geojson
+    from her2scope.scoring.heatmap import draw_heatmap, tile_value_map
+    from her2scope.slide.rois import load_rois
+
+    classes = tuple(meta.classes)
+    thumb, tiles = sq.thumbnail, sq.tiles
+    downsample = sq.level0_width / thumb.shape[1]
+    xy = tiles[["x", "y"]].to_numpy(dtype=np.float64)
+    # the tiling grid's step in level-0 px (an integer), not read_px × a downsample like 4.0003
+    side = np.full(len(tiles), float(sq.sidecar["level0_tile_px"]))
+    expected = call.probs @ np.arange(len(classes), dtype=np.float64)
+    vmap = tile_value_map(xy, side, expected, thumb.shape[:2], downsample)
+    roi_geom = load_rois(roi_path, meta.config.tiling.roi_classes) if roi_path else None
+    heatmap_path = draw_heatmap(
+        names["heatmap"],
+        thumb,
+        vmap,
+        downsample,
+        classes,
+        title=f"{sid}: HER2 {call.score} (expected score per tile; {meta.model_name})",
+        roi=roi_geom,
+    )
+    geojson_path = write_qupath_geojson(names["qupath_geojson"], xy, side, call.probs, classes)
+    return {"heatmap": heatmap_path.name, "qupath_geojson": geojson_path.name}
 
 
 def _default_cell_config() -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,21 +90,55 @@ def read_fit_tiles(
     return tiles, n_low, errors
 
 
-def _fit_one(slide_id: str, rows: list[dict[str, Any]], cfg: StainConfig) -> dict[str, Any]:
-    """Fit one slide; returns the sidecar ``stain`` object. Raises on unreadable slides."""
-    tiles, n_low, errors = read_fit_tiles(rows)
-    n_err = len(errors)
-    if not tiles:
+@dataclass
+class SlideStainFit:
+    """One slide's stain fit: the fitted normaliser and the tiles it was fitted on."""
+
+    normalizer: StainNormalizer
+    images: list[np.ndarray]
+    n_low_tissue: int
+    errors: list[str]
+
+
+def fit_slide_stains(
+    tiles: Any,
+    slide_id: str,
+    mode: str,
+    reference: Any,
+    fit_tiles: int,
+    reader: str = "auto",
+    mpp: float | None = None,
+) -> SlideStainFit:
+    """Fit one slide's stains on its own tiles: the one per-slide fit (``her2scope stain fit``,
+    ``predict`` and ``calibrate`` all call it).
+
+    ``tiles`` is the slide's tile table; :func:`sample_fit_tiles` picks ``fit_tiles`` of them and
+    :func:`read_fit_tiles` reads them at tile size. Raises :class:`Her2ScopeError` naming the slide
+    when none of the sampled tiles can be read.
+    """
+    rows = sample_fit_tiles(tiles, int(fit_tiles)).to_dict("records")
+    if not rows:
+        raise Her2ScopeError(f"slide '{slide_id}': no tiles to fit its stains on")
+    images, n_low, errors = read_fit_tiles(rows, reader=reader, mpp=mpp)
+    if not images:
         raise Her2ScopeError(
-            f"slide '{slide_id}': none of {len(rows)} sampled tiles could be read ({errors[:1]})"
+            f"slide '{slide_id}': none of the {len(rows)} tiles sampled for the stain fit could "
+            f"be read ({errors[0] if errors else 'no tiles'})"
         )
-    norm = StainNormalizer(cfg.mode, cfg.reference).fit(tiles)  # type: ignore[arg-type]
-    d = norm.to_dict()
+    norm = StainNormalizer(mode, reference)  # type: ignore[arg-type]
+    norm.fit(images)
+    return SlideStainFit(norm, images, n_low, errors)
+
+
+def _fit_one(slide_id: str, tiles: Any, cfg: StainConfig) -> dict[str, Any]:
+    """Fit one slide; returns the sidecar ``stain`` object. Raises on unreadable slides."""
+    fit = fit_slide_stains(tiles, slide_id, cfg.mode, cfg.reference, cfg.fit_tiles)
+    d = fit.normalizer.to_dict()
     d.update(
-        n_fit_tiles=len(tiles),
-        n_low_tissue_tiles=n_low,
-        n_read_errors=n_err,
-        fallback="passthrough" if norm.passthrough else "slide",
+        n_fit_tiles=len(fit.images),
+        n_low_tissue_tiles=fit.n_low_tissue,
+        n_read_errors=len(fit.errors),
+        fallback="passthrough" if fit.normalizer.passthrough else "slide",
     )
     return d
 
@@ -141,18 +176,16 @@ def fit_stains(tiles_dir: str | Path, cfg: StainConfig, workers: int = 1) -> dic
     missing = {"slide_id", "slide_path", "x", "y", "level", "read_px", "tile_px"} - set(df.columns)
     if missing:
         raise ConfigError(f"'{tiles_dir / 'tiles.parquet'}' lacks columns {sorted(missing)}")
-    jobs = []
-    for slide_id, g in df.groupby("slide_id", sort=True):
-        jobs.append((str(slide_id), sample_fit_tiles(g, cfg.fit_tiles).to_dict("records")))
+    jobs = [(str(slide_id), g) for slide_id, g in df.groupby("slide_id", sort=True)]
     result: dict[str, Any] = {"fitted": [], "passthrough": [], "failed": {}}
 
-    def record(slide_id: str, rows: list[dict[str, Any]], outcome: Any) -> None:
+    def record(slide_id: str, rows: Any, outcome: Any) -> None:
         if isinstance(outcome, BaseException):
             reason = str(outcome) if isinstance(outcome, Her2ScopeError) else repr(outcome)
             log.error("stain fit of slide '%s' failed: %s", slide_id, reason)
             result["failed"][slide_id] = reason
             return
-        _update_sidecar(tiles_dir, slide_id, str(rows[0]["slide_path"]), outcome)
+        _update_sidecar(tiles_dir, slide_id, str(rows["slide_path"].iloc[0]), outcome)
         key = "passthrough" if outcome["passthrough"] else "fitted"
         if outcome["passthrough"]:
             log.warning(
