@@ -192,6 +192,8 @@ def _check(
     When some settings are wrong, the others are still checked for the run: the wrong ones are
     dropped (their defaults stand in) and their problems are not reported twice.
     """
+    # a section written with every key commented out (`train:`) is an empty section
+    data = {k: {} if v is None and k in SECTIONS else v for k, v in data.items()}
     problems: list[Problem] = []
     cfg: RunConfig | None = None
     try:

@@ -342,3 +342,12 @@ def test_docs_config_reference_is_current() -> None:
 def test_round_trip_of_every_section() -> None:
     cfg = apply_overrides(RunConfig(), ["train.models=[vgg16]", "cells.enabled=true"])
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+def test_a_section_with_every_key_commented_out_is_empty(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text("train:\n  # epochs: 3\ncohort:\n  test_centers: [B]\n")
+    cfg = load_config(path)
+    assert cfg.train == RunConfig().train and cfg.cohort.test_centers == ("B",)
+    path.write_text("train: 3\n")
+    assert "train=3: must be a mapping of settings" in _error(load_config, path)
