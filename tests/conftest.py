@@ -9,6 +9,16 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+#: Session fixtures that take seconds to build (tiling + stain fitting, training a model): every
+#: test that needs one, in any file, is marked ``slow`` so that ``make test-fast`` skips it.
+SLOW_FIXTURES = frozenset({"tiny_tiles", "tiny_run", "hostile_run", "tiny_scoring_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,10 +63,13 @@ def tile_features(
     df = pd.read_csv(manifest, dtype=str)
     feats: list[np.ndarray] = []
     out = TileSet(np.empty((0, len(DAB_BINS) - 1)), [], [], [], [])
-    for row in df.itertuples():
-        fc = json.loads((manifest.parent / row.roi_path).read_text())
+    cols = ["slide_id", "patient_id", "center", "label", "roi_path", "slide_path"]
+    for slide_id, patient_id, center, label, roi_path, slide_path in df[cols].itertuples(
+        index=False, name=None
+    ):
+        fc = json.loads((manifest.parent / roi_path).read_text())
         rois = [shape(f["geometry"]) for f in fc["features"]]
-        with open_slide(manifest.parent / row.slide_path) as s:
+        with open_slide(manifest.parent / slide_path) as s:
             ds = s.level_downsamples[level]
             w, h = s.level_dimensions[level]
             img = s.read_region((0, 0), level, (w, h))
@@ -81,10 +85,10 @@ def tile_features(
                 dab = deconvolve_od(tile)[..., 1][~white]
                 hist = np.histogram(dab, bins=DAB_BINS)[0] / dab.size
                 feats.append(hist)
-                out.slide_id.append(row.slide_id)
-                out.patient_id.append(row.patient_id)
-                out.center.append(row.center)
-                out.label.append(row.label)
+                out.slide_id.append(slide_id)
+                out.patient_id.append(patient_id)
+                out.center.append(center)
+                out.label.append(label)
     if feats:
         out.features = np.stack(feats)
     return out
@@ -99,7 +103,7 @@ def _macro_auc(y: list[str], proba: np.ndarray, classes: list[str]) -> float:
     return float(roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
 
 
-def _model():  # type: ignore[no-untyped-def]
+def _model() -> Any:  # an sklearn Pipeline (sklearn has no type information)
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
