@@ -111,61 +111,92 @@ def explain_run(
     """
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.engine.predict import predict_tiles, resolve_device
-    from her2scope.explain.gallery import pick_confident, write_gallery
-    from her2scope.explain.gradcam import overlay
     from her2scope.stain import load_normalizers
 
     run = Path(run_dir)
-    layout = RunLayout(run)
     dev = resolve_device(device)
     model, meta = load_run_model(run, "best", device=dev)
     tiles, tiles_dir = _load_tiles(meta, run)
+    sel, what = _select_tiles(tiles, tiles_dir, run, slide, split)
+    out = Path(out_dir) if out_dir is not None else RunLayout(run).explain_dir
+    norms = load_normalizers(tiles_dir, meta.config.stain)  # {} when stain.mode is none
+    probs = predict_tiles(model, meta, sel, norms, batch_size=batch_size, device=dev)
+    _gallery(model, meta, sel, probs, norms, out, what, n, batch_size, dev, method)
+    max_px = int(heatmap_max_px or meta.config.explain.heatmap_max_px)
+    for sid, part in sel.groupby("slide_id", sort=True):
+        _slide_maps(
+            model, meta, part, probs[part.index.to_numpy()], norms, out, str(sid), batch_size,
+            dev, max_px, method,
+        )  # fmt: skip
+    log.info("explanations written to %s", out)
+    return out
+
+
+def _select_tiles(
+    tiles: pd.DataFrame, tiles_dir: Path, run: Path, slide: str | None, split: str
+) -> tuple[pd.DataFrame, str]:
+    """The tiles of one slide, or of the run's ``split`` (from its splits.csv), renumbered from 0;
+    and words for them (``"slide S1"``, ``"split test"``)."""
+    import pandas as pd
+
     if slide is not None:
         sel = tiles[tiles["slide_id"].astype(str) == slide]
         if sel.empty:
             some = ", ".join(sorted(tiles["slide_id"].astype(str).unique())[:8])
             raise ConfigError(f"slide '{slide}' has no tiles in {tiles_dir} (slides: {some}, …)")
-        what = f"slide {slide}"
-    else:
-        import pandas as pd
+        return sel.reset_index(drop=True), f"slide {slide}"
+    splits_csv = RunLayout(run).splits
+    if not splits_csv.is_file():
+        raise ConfigError(f"run '{run}' has no splits.csv; give --slide ID instead")
+    splits = pd.read_csv(splits_csv, dtype=str)
+    ids = set(splits.loc[splits["split"] == split, "slide_id"])
+    sel = tiles[tiles["slide_id"].astype(str).isin(ids)]
+    if sel.empty:
+        raise ConfigError(
+            f"split '{split}' of run '{run}' has no tiles; splits there: "
+            + ", ".join(sorted(splits["split"].unique()))
+        )
+    return sel.reset_index(drop=True), f"split {split}"
 
-        splits_csv = layout.splits
-        if not splits_csv.is_file():
-            raise ConfigError(f"run '{run}' has no splits.csv; give --slide ID instead")
-        splits = pd.read_csv(splits_csv, dtype=str)
-        ids = set(splits.loc[splits["split"] == split, "slide_id"])
-        sel = tiles[tiles["slide_id"].astype(str).isin(ids)]
-        if sel.empty:
-            raise ConfigError(
-                f"split '{split}' of run '{run}' has no tiles; splits there: "
-                + ", ".join(sorted(splits["split"].unique()))
-            )
-        what = f"split {split}"
-    sel = sel.reset_index(drop=True)
-    out = Path(out_dir) if out_dir is not None else layout.explain_dir
-    norms = load_normalizers(tiles_dir, meta.config.stain)  # {} when stain.mode is none
+
+def _gallery(
+    model: nn.Module,
+    meta: RunMeta,
+    sel: pd.DataFrame,
+    probs: np.ndarray,
+    norms: Mapping[str, Any] | None,
+    out: Path,
+    what: str,
+    n: int,
+    batch_size: int,
+    device: Any,
+    method: str,
+) -> None:
+    """``gallery.png`` / ``gallery.html``: the ``n`` most confident tiles per (predicted class,
+    correct or wrong), each beside its map for the predicted class."""
+    from her2scope.explain.gallery import pick_confident, write_gallery
+    from her2scope.explain.gradcam import overlay
+
     classes = list(meta.classes)
-    probs = predict_tiles(model, meta, sel, norms, batch_size=batch_size, device=dev)
     labels = np.array(
         [
             classes.index(str(v)) if str(v) in classes else -1
             for v in sel.get("label", [""] * len(sel))
         ]
     )
-
-    # gallery
     picked = pick_confident(probs, labels, n)
     rows = np.concatenate([picked[k] for k in sorted(picked)]) if picked else np.zeros(0, int)
     rgbs, cams = tile_cams(
-        model, meta, sel.iloc[rows], probs[rows].argmax(axis=1), norms, batch_size, dev, method
+        model, meta, sel.iloc[rows], probs[rows].argmax(axis=1), norms, batch_size, device, method
     )
     pos = {int(r): i for i, r in enumerate(rows)}
+    slide_ids = sel["slide_id"].astype(str).to_numpy()
     groups = []
     for (k, correct), idx in sorted(picked.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
         items = []
         for r in idx:
             i = pos[int(r)]
-            cap = f"{sel.at[int(r), 'slide_id']} p={probs[r, k]:.2f}"
+            cap = f"{slide_ids[r]} p={probs[r, k]:.2f}"
             if not correct:
                 cap += f" (true {classes[labels[r]]})"
             items.append((rgbs[i], overlay(rgbs[i], cams[i]), cap))
@@ -177,25 +208,6 @@ def explain_run(
         f"{meta.model_name}: most confident tiles, {what}{synthetic}",
         html_path=out / GALLERY_HTML,
     )
-
-    # stitched slide maps
-    max_px = int(heatmap_max_px or meta.config.explain.heatmap_max_px)
-    for sid, part in sel.groupby("slide_id", sort=True):
-        _slide_maps(
-            model,
-            meta,
-            part,
-            probs[part.index.to_numpy()],
-            norms,
-            out,
-            str(sid),
-            batch_size,
-            dev,
-            max_px,
-            method,
-        )
-    log.info("explanations written to %s", out)
-    return out
 
 
 def explain_scored(
