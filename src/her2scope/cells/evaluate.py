@@ -76,21 +76,22 @@ def evaluate_synthetic(
     truth_call = {s["slide_id"]: s.get("asco_call", s["label"]) for s in info["slides"]}
     man = pd.read_csv(cohort_dir / "manifest.csv", dtype=str)
     per_centre: dict[str, dict[str, list[Any]]] = {}
-    for row in man.itertuples():
-        pq = cells_dir / f"{row.slide_id}.cells.parquet"
-        js = cells_dir / f"{row.slide_id}.cells.json"
+    cols = ["slide_id", "center", "roi_path"]
+    for slide_id, center, roi_path in man[cols].itertuples(index=False, name=None):
+        pq = cells_dir / f"{slide_id}.cells.parquet"
+        js = cells_dir / f"{slide_id}.cells.json"
         if not pq.is_file():
             continue
         pred = pd.read_parquet(pq)
         summ = json.loads(js.read_text(encoding="utf-8"))
-        gt = pd.read_parquet(cohort_dir / "cells" / f"{row.slide_id}.parquet")
-        roi = load_rois(cohort_dir / row.roi_path)
+        gt = pd.read_parquet(cohort_dir / "cells" / f"{slide_id}.parquet")
+        roi = load_rois(cohort_dir / roi_path)
         gt = gt[contains_xy(roi, gt["x"].to_numpy(), gt["y"].to_numpy())]
         pi, tj = match_points(
             pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / summ["mpp"][0]
         )
         c = per_centre.setdefault(
-            row.center,
+            center,
             {k: [] for k in ("tp", "n_pred", "n_true", "t_cls", "p_cls", "label", "call", "ids")},
         )
         c["tp"].append(len(pi))
@@ -98,9 +99,9 @@ def evaluate_synthetic(
         c["n_true"].append(len(gt))
         c["t_cls"].append(gt["membrane_class"].cat.codes.to_numpy()[tj])
         c["p_cls"].append(pred["intensity_class"].cat.codes.to_numpy()[pi])
-        c["label"].append(truth_call[row.slide_id])
+        c["label"].append(truth_call[slide_id])
         c["call"].append(summ["call"])
-        c["ids"].append(row.slide_id)
+        c["ids"].append(slide_id)
     out: dict[str, Any] = {"synthetic": True, "max_dist_um": max_dist_um, "centers": {}}
     for centre, c in sorted(per_centre.items()):
         tp, n_pred, n_true = sum(c["tp"]), sum(c["n_pred"]), sum(c["n_true"])
@@ -150,8 +151,8 @@ def evaluate_deepliif(
     tot = {"tp": 0, "n_pred": 0, "n_neg": 0, "n_pos": 0, "tp_neg": 0, "tp_pos": 0}
     images = sorted((folder / "test").glob("*.png"))
     for path in images:
-        rgb = np.ascontiguousarray(cv2.imread(str(path))[:, :512, ::-1])
-        gt = cv2.imread(str(folder / "test_groundtruth" / path.name))[..., ::-1]
+        rgb = np.ascontiguousarray(_read_rgb(path)[:, :512])
+        gt = _read_rgb(folder / "test_groundtruth" / path.name)
         matrix, _ = load_stain_matrix(None, [rgb])
         rc = analyse_region(rgb, matrix, mpp, cfg)
         xy, pos = [], []
@@ -191,13 +192,13 @@ def matched_truth(
     cohort_dir, cells_dir = Path(cohort_dir), Path(cells_dir)
     man = pd.read_csv(cohort_dir / "manifest.csv", dtype=str)
     parts: dict[str, list[np.ndarray]] = {"od": [], "completeness": [], "class": [], "complete": []}
-    for row in man[man["center"].isin(centers)].itertuples():
-        pq = cells_dir / f"{row.slide_id}.cells.parquet"
+    for slide_id in man.loc[man["center"].isin(centers), "slide_id"].astype(str):
+        pq = cells_dir / f"{slide_id}.cells.parquet"
         if not pq.is_file():
             continue
-        summ = json.loads((cells_dir / f"{row.slide_id}.cells.json").read_text(encoding="utf-8"))
+        summ = json.loads((cells_dir / f"{slide_id}.cells.json").read_text(encoding="utf-8"))
         pred = pd.read_parquet(pq)
-        gt = pd.read_parquet(cohort_dir / "cells" / f"{row.slide_id}.parquet")
+        gt = pd.read_parquet(cohort_dir / "cells" / f"{slide_id}.parquet")
         pi, tj = match_points(
             pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / summ["mpp"][0]
         )
@@ -208,6 +209,16 @@ def matched_truth(
         parts["class"].append(gt["membrane_class"].cat.codes.to_numpy()[tj])
         parts["complete"].append(gt["complete"].to_numpy()[tj])
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """RGB pixels of an image file; ``ValueError`` naming it when OpenCV cannot decode it."""
+    import cv2
+
+    bgr = cv2.imread(str(path))
+    if bgr is None:
+        raise ValueError(f"image '{path}' is missing or not a readable image")
+    return bgr[..., ::-1]
 
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a measurement entry point
