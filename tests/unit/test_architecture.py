@@ -198,12 +198,10 @@ KNOWN_SPELLINGS: dict[str, set[str]] = {
     "her2scope.cli.run": {"results.json"},
     "her2scope.cli.stain": {"tiles.parquet"},
     "her2scope.cli.train": {"config.yaml"},
-    "her2scope.engine.checkpoint": {"config.yaml", "splits.csv"},
     "her2scope.evaluate.calibration": {"calibration.json"},
     "her2scope.scoring.score": {"tiles.parquet"},
     "her2scope.scoring.site": {"site_calibration.json", "splits.csv", "tiles.parquet"},
     "her2scope.stain.slides": {"tiles.parquet"},
-    "her2scope.tiling.extract": {"tiles.parquet", "tiling_report.json"},
 }
 
 

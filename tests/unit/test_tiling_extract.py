@@ -378,3 +378,57 @@ def test_grayscale_images_are_refused_with_one_message_by_every_reader(tmp_path:
     cv2.imwrite(str(tmp_path / "rgb.png"), rgb)
     df, _ = tile_slide(tmp_path / "rgb.png", "rgb", TilingConfig(tile_px=T), mpp=0.5)
     assert list(zip(df.x, df.y, strict=True)) == [(0, 0)]
+
+
+def _edgy_slide_image(seed: int) -> np.ndarray:
+    """3072×2048 px of glass with tissue in smooth-edged islands (soft alpha edges, dense and
+    pale tissue, scattered specks): many tiles at the 40 % tissue boundary of the white rule."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = 2048, 3072
+    field = cv2.resize(rng.normal(size=(6, 8)).astype(np.float32), (w, h), cv2.INTER_CUBIC)
+    alpha = np.clip((field - np.median(field)) * 4 + 0.5, 0, 1)[..., None]
+    glass = 236 + rng.normal(0, 3, (h, w, 3))
+    dense = np.array([150, 110, 160]) + rng.normal(0, 25, (h, w, 3))
+    pale = np.array([205, 200, 222]) + rng.normal(0, 12, (h, w, 3))  # faint hematoxylin
+    paleness = cv2.resize(rng.random((4, 6)).astype(np.float32), (w, h))[..., None] > 0.5
+    tissue = np.where(paleness, pale, dense)
+    img = glass * (1 - alpha) + tissue * alpha
+    specks = rng.random((h, w)) < 0.002  # dust on the glass
+    img[specks] = (90, 70, 80)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["tissue", "roi"])
+def test_glass_prefilter_keeps_the_same_tiles_and_reads_fewer(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule (tiling/candidates.py): a position is read only when the thumbnail shows at least
+    TISSUE_MARGIN × (1 - max_white) of it as not white. Tiling with it keeps exactly the tiles
+    (and counts) of reading every position of the region (TISSUE_MARGIN = 0), and reads fewer."""
+    import her2scope.tiling.candidates as candidates
+
+    path = write_pyramidal_tiff(tmp_path / "edgy.tif", _edgy_slide_image(0), 0.5, quality=90)
+    roi = None
+    if mode == "roi":  # an ROI over most of the slide, glass included
+        roi = tmp_path / "roi.geojson"
+        coords = [[100, 60], [2900, 60], [2900, 1990], [100, 1990], [100, 60]]
+        feat = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [coords]},
+                "properties": {"objectType": "annotation"}}  # fmt: skip
+        roi.write_text(json.dumps({"type": "FeatureCollection", "features": [feat]}))
+    results = {}
+    for margin in (candidates.TISSUE_MARGIN, 0.0):
+        monkeypatch.setattr(candidates, "TISSUE_MARGIN", margin)
+        for max_white in (0.6, 0.3):
+            cfg = TilingConfig(tile_px=128, max_white=max_white)
+            results[margin, max_white] = tile_slide(path, "e", cfg, roi_path=roi)
+    for max_white in (0.6, 0.3):
+        (df, sc), (df_all, sc_all) = results[0.5, max_white], results[0.0, max_white]
+        assert sc_all["n_kept"] >= 20 and sc_all["n_dropped_white"] >= 20  # a real test
+        pd.testing.assert_frame_equal(df, df_all)
+        assert _counts(sc) == _counts(sc_all)
+        assert sc_all["n_read"] == sc_all["n_kept"] + sc_all["n_dropped_white"]
+        assert sc["n_read"] < sc_all["n_read"]  # the glass was not read
+        # what is still read beyond the kept tiles is a small margin of the glass it used to read
+        assert sc["n_read"] - sc["n_kept"] <= 0.5 * (sc_all["n_read"] - sc_all["n_kept"])

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from her2scope._io import atomic_path
 from her2scope.errors import Her2ScopeError
+from her2scope.layout import RunLayout
 
 if TYPE_CHECKING:
     import torch
@@ -143,7 +144,7 @@ def save_checkpoint(
     }
     path = Path(path)
     ckpt["identity"] = run_identity(
-        model_name, classes, config, input_px, splits_hash(path.parent.parent / "splits.csv")
+        model_name, classes, config, input_px, splits_hash(RunLayout(path.parent.parent).splits)
     )
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
@@ -226,7 +227,7 @@ def load_run_model(
     from her2scope.models import create_model
 
     run_dir = Path(run_dir)
-    path = Path(which) if which.endswith(".pt") else run_dir / "checkpoints" / f"{which}.pt"
+    path = Path(which) if which.endswith(".pt") else RunLayout(run_dir).checkpoint(which)
     ckpt = load_checkpoint(path)
     check_identity(ckpt, run_dir, path)
     meta = meta_from_checkpoint(ckpt, run_dir, str(path))
@@ -260,14 +261,14 @@ def check_identity(ckpt: dict[str, Any], run_dir: str | Path, path: str | Path) 
     run_dir = Path(run_dir)
     problems: list[str] = []
     ident = ckpt.get("identity") if isinstance(ckpt.get("identity"), dict) else {}
-    want_splits = splits_hash(run_dir / "splits.csv")
+    want_splits = splits_hash(RunLayout(run_dir).splits)
     have_splits = ident.get("splits_hash")
     if want_splits is not None and have_splits is not None and want_splits != have_splits:
         problems.append(
             "it was trained on other splits than this run's splits.csv (its test patients may "
             "be the checkpoint's training patients)"
         )
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = RunLayout(run_dir).config
     if cfg_path.is_file():
         from her2scope.config import load_config
         from her2scope.labels import get_scheme

@@ -36,14 +36,6 @@ class CpuPlan:
     why: str
 
 
-def available_cores() -> int:
-    """CPUs this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def plan_cpu(
     max_workers: int,
     device_type: str = "cpu",
@@ -56,11 +48,15 @@ def plan_cpu(
 
     ``max_workers`` is ``train.workers`` (0: read in the main process). ``threads`` fixes
     torch's threads (default: ``OMP_NUM_THREADS`` when set, else the plan). ``cores`` defaults to
-    :func:`available_cores`, shared equally by ``processes_per_node`` (``torchrun`` ranks).
+    :func:`her2scope.tiling.scan.cpu_workers`, shared equally by ``processes_per_node`` (``torchrun`` ranks).
     """
     if max_workers < 0:
         raise ValueError(f"max_workers must be >= 0, got {max_workers}")
-    total = available_cores() if cores is None else cores
+    if cores is None:
+        from her2scope.tiling.scan import cpu_workers  # the one count of this process's CPUs
+
+        cores = cpu_workers()
+    total = cores
     share = max(1, total // max(1, processes_per_node))
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()

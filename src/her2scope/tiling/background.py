@@ -9,8 +9,9 @@ as on HER2 IHC counterstains), DAB, eosin and pen ink are not.
 **Tissue mask.** Computed on a thumbnail with the same rule: a thumbnail pixel is tissue when it is
 not white, dilated by one thumbnail pixel so that tissue at a tile's edge is not lost to the
 thumbnail's averaging. It works on IHC (pale blue hematoxylin, brown DAB) and H&E alike because it
-uses no stain-specific colour. It only decides which grid positions are worth reading; the white
-rule on full-resolution pixels decides which tiles are kept.
+uses no stain-specific colour. Undilated, it estimates each position's non-white share, so glass is not read
+(:mod:`her2scope.tiling.candidates`). It only decides which grid positions are worth reading; the
+white rule on full-resolution pixels decides which tiles are kept.
 """
 
 from __future__ import annotations

@@ -1,0 +1,202 @@
+"""Reading the candidate positions of a slide: white fractions, in this process or in workers.
+
+The candidates are read in row-major chunks (each JPEG tile of the file decoded about once),
+optionally by worker processes that each open the slide themselves. Memory per process is a few
+tiles, whatever the size of the slide. A tile that cannot be read is flagged, not raised: the
+error must cross a process boundary, and one bad tile does not fail its slide.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from her2scope._io import atomic_path
+from her2scope._progress import track
+from her2scope.errors import Her2ScopeError, SlideError
+from her2scope.tiling.background import white_fraction
+from her2scope.tiling.grid import TileGeometry
+
+_CHUNK = 64  # most tiles per work item
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Per position: white fraction (NaN when unreadable) and a read-error flag."""
+
+    white: np.ndarray
+    errors: np.ndarray
+    first_error: str  # "(x, y): reason" of the first unreadable tile, or ""
+
+
+@dataclass(frozen=True)
+class _Job:
+    slide_path: str
+    mpp: float | None
+    reader: str
+    level: int
+    read_px: int
+    tile_px: int
+    white_level: int
+    xs: np.ndarray
+    ys: np.ndarray
+    export_dir: str | None
+    slide_id: str
+
+
+_OPEN: dict[tuple[str, float | None, str], Any] = {}
+
+
+def _cached_slide(path: str, mpp: float | None, reader: str) -> Any:
+    """One open slide per process (workers handle many chunks of the same slide)."""
+    from her2scope.slide.reader import open_slide
+
+    key = (path, mpp, reader)
+    slide = _OPEN.get(key)
+    if slide is None:
+        for old in _OPEN.values():
+            old.close()
+        _OPEN.clear()
+        slide = open_slide(path, mpp=mpp, reader=reader)  # type: ignore[arg-type]
+        _OPEN[key] = slide
+    return slide
+
+
+def _release_slides() -> None:
+    for s in _OPEN.values():
+        s.close()
+    _OPEN.clear()
+
+
+def _run_job(job: _Job) -> tuple[np.ndarray, np.ndarray, str]:
+    """White fraction of each tile of the job; NaN and an error flag for unreadable tiles."""
+    n = len(job.xs)
+    white = np.full(n, np.nan)
+    err = np.zeros(n, bool)
+    first = ""
+    try:
+        slide = _cached_slide(job.slide_path, job.mpp, job.reader)
+    except Her2ScopeError as exc:  # returned, not raised: it must cross a process boundary
+        err[:] = True
+        return white, err, str(exc)
+    for i in range(n):
+        x, y = int(job.xs[i]), int(job.ys[i])
+        try:
+            region = slide.read_region((x, y), job.level, (job.read_px, job.read_px))
+        except SlideError as exc:
+            err[i] = True
+            first = first or f"({x}, {y}): {exc.reason}"
+            continue
+        white[i] = white_fraction(region, job.white_level)
+        if job.export_dir is not None:
+            _export_tile(job, region, x, y)
+    return white, err, first
+
+
+def _export_tile(job: _Job, region: np.ndarray, x: int, y: int) -> None:
+    import cv2
+
+    if job.read_px != job.tile_px:
+        interp = cv2.INTER_AREA if job.read_px > job.tile_px else cv2.INTER_LINEAR
+        region = cv2.resize(region, (job.tile_px, job.tile_px), interpolation=interp)
+    path = Path(job.export_dir or ".") / f"{job.slide_id}_x{x}_y{y}.png"
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(region, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")
+
+
+def scan_positions(
+    slide_path: Path,
+    mpp: float | None,
+    reader: str,
+    white_level: int,
+    geo: TileGeometry,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    slide_id: str,
+    workers: int = 1,
+    executor: Executor | None = None,
+    export_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> ScanResult:
+    """Read every position ``(xs[i], ys[i])`` (level-0 px) and measure its white fraction.
+
+    ``workers > 1`` reads in that many processes (or pass a shared ``executor``);
+    ``export_dir`` also writes each tile read as ``<slide_id>_x<x>_y<y>.png`` there.
+    """
+    n = len(xs)
+    white = np.full(n, np.nan)
+    err = np.zeros(n, bool)
+    if n == 0:
+        return ScanResult(white, err, "")
+    exp = str(export_dir) if export_dir is not None else None
+    if exp is not None:
+        Path(exp).mkdir(parents=True, exist_ok=True)
+    # enough chunks to keep every worker busy, few enough to keep per-chunk costs small
+    chunk = max(8, min(_CHUNK, math.ceil(n / (4 * max(1, workers)))))
+    spans = list(pairwise([*range(0, n, chunk), n]))
+    jobs = [
+        _Job(str(slide_path), mpp, reader, geo.level, geo.read_px, geo.tile_px, white_level,
+             xs[a:b], ys[a:b], exp, slide_id)
+        for a, b in spans
+    ]  # fmt: skip
+    own_pool = None
+    if executor is None and workers > 1:
+        own_pool = executor = make_pool(workers)
+    try:
+        results = map(_run_job, jobs) if executor is None else executor.map(_run_job, jobs)
+        first = ""
+        desc = f"tiling {slide_id}"
+        for (a, b), (w, e, f) in zip(
+            spans,
+            track(results, desc, total=len(jobs), disable=None if show_progress else True),
+            strict=True,
+        ):
+            white[a:b] = w
+            err[a:b] = e
+            first = first or f
+    finally:
+        if executor is None:
+            _release_slides()
+        if own_pool is not None:
+            own_pool.shutdown()
+    return ScanResult(white, err, first)
+
+
+def make_pool(workers: int) -> Executor:
+    """Worker processes; each opens the slides it reads itself.
+
+    Forked (fast start: the imports are inherited) when this process has a single thread and no
+    slide open, as at the start of a run; spawned otherwise, since OpenSlide's threads and caches
+    must not be copied by fork().
+    """
+    import multiprocessing as mp
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    safe = "fork" in mp.get_all_start_methods() and threading.active_count() == 1 and not _OPEN
+    ctx = mp.get_context("fork" if safe else "spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker)
+
+
+def _quiet_worker() -> None:
+    """Worker start-up: tifffile's warnings about harmless file quirks stay off the user's
+    terminal in spawned workers too (the CLI silences them in the main process)."""
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+
+
+def cpu_workers() -> int:
+    """CPUs available to this process (its affinity mask): the default number of workers."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
