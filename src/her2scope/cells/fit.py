@@ -164,9 +164,9 @@ def fit_dab_scale(
     result["missing"] = missing
     path = Path(out) if out is not None else cells_dir / "cells_fit.json"
     for r in result["centers"].values():  # JSON has no NaN: an undefined κ is null
-        for k in ("kappa_before", "kappa_after"):
-            if r[k] != r[k]:
-                r[k] = None
+        for name in ("kappa_before", "kappa_after"):
+            if r[name] != r[name]:
+                r[name] = None
     write_json(path, result)
     result["path"] = str(path)
     return result

@@ -89,7 +89,7 @@ def agreement_table(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ]
     conf = np.zeros((4, 4), int)
     for c, k in pairs:
-        conf[c, k] += 1  # type: ignore[index]
+        conf[c, k] += 1
     n = len(pairs)
     kappa = quadratic_kappa([c for c, _ in pairs], [k for _, k in pairs], 4) if n else None  # type: ignore[misc]
     return {

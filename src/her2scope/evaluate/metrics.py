@@ -132,9 +132,9 @@ def sufficient_stats(
     correct = (argmax_high(scores, axis=1) == y_true).astype(np.float64)
     bin_idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     ece_bins = np.zeros((n_units, n_bins, 3), dtype=np.float64)
-    np.add.at(ece_bins, (unit, bin_idx, 0), 1.0)
-    np.add.at(ece_bins, (unit, bin_idx, 1), conf)
-    np.add.at(ece_bins, (unit, bin_idx, 2), correct)
+    np.add.at(ece_bins[..., 0], (unit, bin_idx), 1.0)  # views: accumulate in place
+    np.add.at(ece_bins[..., 1], (unit, bin_idx), conf)
+    np.add.at(ece_bins[..., 2], (unit, bin_idx), correct)
 
     auc = []
     for c in range(k):

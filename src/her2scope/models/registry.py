@@ -319,7 +319,7 @@ def _submodule_or_none(model: nn.Module, path: str) -> nn.Module | None:
         m = getattr(m, part, None)
         if m is None:
             return None
-    return m  # type: ignore[no-any-return]
+    return m
 
 
 def _replace_heads(model: nn.Module, spec: ModelSpec, num_classes: int) -> None:

@@ -240,6 +240,7 @@ def _parse_geojson(path: Path, raw: bytes) -> tuple[list[_Shape], list[str]]:
         data = json.loads(raw.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RoiError(path, f"not valid JSON ({exc})") from None
+    features: Any
     if isinstance(data, list):
         features = data
     elif isinstance(data, dict) and data.get("type") == "FeatureCollection":
@@ -404,7 +405,7 @@ def _catmull_rom_closed(
     n = len(p)
     t = np.arange(steps)[:, None] / steps
     t2, t3 = t * t, t * t * t
-    out = []
+    out: list[np.ndarray] = []
     for i in range(n):
         p0, p1, p2, p3 = p[(i - 1) % n], p[i], p[(i + 1) % n], p[(i + 2) % n]
         seg = 0.5 * (

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from her2scope.errors import ConfigError
@@ -216,7 +217,7 @@ class AssayAugment:
         return scale_concentrations(x, self.factors(x.shape[0], x.device), self.matrix)
 
 
-def stain_basis(stain_matrix: Sequence[Sequence[float]] | None = None) -> torch.Tensor:
+def stain_basis(stain_matrix: Sequence[Sequence[float]] | np.ndarray | None = None) -> torch.Tensor:
     """(3, 3) rows H, DAB, residual (their cross product): unit OD vectors; default: the packaged
     stain-normalisation reference."""
     if stain_matrix is None:

@@ -10,6 +10,7 @@ Optical density uses base 10: ``I = I0 · 10^(−OD)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -125,7 +126,7 @@ CENTER_B = CenterProfile(
 #: Centre C's physics: a 40× scanner (0.25 µm/px), a weaker assay (membrane DAB OD 0.4× that of
 #: A and B for the same biology), thinner membranes, smaller cells with larger nuclei, a weaker
 #: counterstain and a softer scan. Hard in the ways real external centres are (issue 11).
-THIRD_CENTER_PHYSICS: dict[str, float | int] = {
+THIRD_CENTER_PHYSICS: dict[str, Any] = {
     "mpp": 0.25,
     "dab_scale": 0.4,
     "membrane_scale": 0.7,

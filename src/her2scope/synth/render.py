@@ -71,7 +71,7 @@ def _coarse(
     """
     gh = max(2, math.ceil(shape[0] / scale_px) + 3)
     gw = max(2, math.ceil(shape[1] / scale_px) + 3)
-    g = rng.standard_normal((gh, gw)).astype(np.float32)
+    g: np.ndarray = rng.standard_normal((gh, gw)).astype(np.float32)
     g = cv2.GaussianBlur(g, (0, 0), 0.7, borderType=cv2.BORDER_REFLECT)
     g /= max(float(g.std()), 1e-6)
     return g, (gw * scale_px - shape[1]) / 2, (gh * scale_px - shape[0]) / 2
@@ -594,7 +594,7 @@ def _scan(
         lin = cv2.exp(cv2.transform(conc, to_log_i))  # log intensity → intensity
         if center.blur_px > 0:
             lin = cv2.GaussianBlur(lin, (0, 0), center.blur_px, borderType=cv2.BORDER_REFLECT)
-        block = lin[y0 - a : y0 - a + (y1 - y0)]
+        block: np.ndarray = lin[y0 - a : y0 - a + (y1 - y0)]
         shift = int(rng.integers(0, 64))
         block += noise[: y1 - y0, shift : shift + w]
         np.clip(block, 0, 255, out=block)
