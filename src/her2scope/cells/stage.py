@@ -79,7 +79,6 @@ def run_cells_stage(
     import pandas as pd
 
     from her2scope.cohort.splits import read_splits
-    from her2scope.evaluate.aggregate import aggregate
 
     run_dir, out = Path(run_dir), Path(out_dir)
     run = RunLayout(run_dir)
@@ -88,32 +87,8 @@ def run_cells_stage(
     rows = manifest_df[manifest_df["slide_id"].isin(wanted)].sort_values("slide_id")
     if rows.empty:
         raise Her2ScopeError(f"cells: no slide of split '{split}' in {run.splits}")
-
-    pred = pd.read_parquet(run.predictions)
-    classes = [c[len("prob_") :] for c in pred.columns if c.startswith("prob_")]
-    slides = aggregate(pred, "slide_id", aggregate_rule, classes, percent_threshold)  # type: ignore[arg-type]
-    cnn_call = dict(zip(slides["slide_id"], slides["pred"], strict=True))
-
-    jobs = []
-    for r in rows.itertuples(index=False):
-        mpp = getattr(r, "mpp", None)
-        jobs.append(
-            {
-                "slide_path": r.slide_path,
-                "out_dir": str(out),
-                "roi_path": (getattr(r, "roi_path", "") or None),
-                "cfg": cfg.__dict__.copy(),
-                "tiles_dir": str(tiles_dir),
-                "mpp": float(mpp) if mpp not in (None, "") and pd.notna(mpp) else None,
-                "slide_id": r.slide_id,
-            }
-        )
-    n_workers = max(1, min(int(workers), len(jobs)))
-    if n_workers > 1:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            results = list(pool.map(_score_job, jobs))
-    else:
-        results = [_score_job(j) for j in jobs]
+    cnn_call = _cnn_calls(run, aggregate_rule, percent_threshold)
+    results = _score_slides(rows, out, Path(tiles_dir), cfg, workers)
 
     summary, recs, failures = [], [], []
     label_pairs_cells, label_pairs_cnn = [], []
@@ -131,24 +106,7 @@ def run_cells_stage(
         cnn_idx = None if rec.get("cnn_score") is None else label_index(str(rec["cnn_score"]))
         if truth is not None and cnn_idx is not None:
             label_pairs_cnn.append((truth, cnn_idx))
-        fractions = res.get("pattern_fraction") or {}
-        summary.append(
-            {
-                "slide_id": r.slide_id,
-                "status": "ok",
-                "label": str(r.label),
-                "cell_call": res["call"],
-                "cell_score": res["score"],
-                "cnn_score": rec.get("cnn_score"),
-                "review": bool(rec.get("review")),
-                "n_cells": res["n_cells"],
-                "h_score": res["h_score"],
-                "borderline": res["borderline"],
-                **{f"pct_{p}": round(100 * fractions.get(p, 0.0), 3) for p in PATTERNS},
-                "rule": res["rule"],
-                "error": "",
-            }
-        )
+        summary.append(_summary_row(r.slide_id, str(r.label), res, rec))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_open(out / SUMMARY_CSV) as fh:
         pd.DataFrame(summary).to_csv(fh, index=False)
@@ -171,3 +129,64 @@ def run_cells_stage(
     }
     write_json(out / AGREEMENT_JSON, agreement)
     return agreement
+
+
+def _cnn_calls(run: RunLayout, rule: str, percent_threshold: float) -> dict[str, str]:
+    """slide_id → the CNN's slide call: the run's tile predictions aggregated as evaluate does."""
+    import pandas as pd
+
+    from her2scope.evaluate.aggregate import aggregate
+
+    pred = pd.read_parquet(run.predictions)
+    classes = [c[len("prob_") :] for c in pred.columns if c.startswith("prob_")]
+    slides = aggregate(pred, "slide_id", rule, classes, percent_threshold)  # type: ignore[arg-type]
+    return dict(zip(slides["slide_id"], slides["pred"], strict=True))
+
+
+def _score_slides(
+    rows: Any, out: Path, tiles_dir: Path, cfg: CellConfig, workers: int
+) -> list[dict[str, Any] | Her2ScopeError]:
+    """Each manifest row's cell scoring (in ``workers`` processes), or the error it ended in."""
+    import pandas as pd
+
+    jobs = []
+    for r in rows.itertuples(index=False):
+        mpp = getattr(r, "mpp", None)
+        jobs.append(
+            {
+                "slide_path": r.slide_path,
+                "out_dir": str(out),
+                "roi_path": (getattr(r, "roi_path", "") or None),
+                "cfg": cfg.__dict__.copy(),
+                "tiles_dir": str(tiles_dir),
+                "mpp": float(mpp) if mpp not in (None, "") and pd.notna(mpp) else None,
+                "slide_id": r.slide_id,
+            }
+        )
+    n_workers = max(1, min(int(workers), len(jobs)))
+    if n_workers == 1:
+        return [_score_job(j) for j in jobs]
+    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        return list(pool.map(_score_job, jobs))
+
+
+def _summary_row(
+    slide_id: str, label: str, res: dict[str, Any], rec: dict[str, Any]
+) -> dict[str, Any]:
+    """One ``cells_summary.csv`` row of a scored slide."""
+    fractions = res.get("pattern_fraction") or {}
+    return {
+        "slide_id": slide_id,
+        "status": "ok",
+        "label": label,
+        "cell_call": res["call"],
+        "cell_score": res["score"],
+        "cnn_score": rec.get("cnn_score"),
+        "review": bool(rec.get("review")),
+        "n_cells": res["n_cells"],
+        "h_score": res["h_score"],
+        "borderline": res["borderline"],
+        **{f"pct_{p}": round(100 * fractions.get(p, 0.0), 3) for p in PATTERNS},
+        "rule": res["rule"],
+        "error": "",
+    }
