@@ -120,3 +120,21 @@ def test_evaluate_refuses_out_of_range_options_and_leaves_the_run_alone(
     r = cli("evaluate", run, option, value)
     assert_clean_error(r, needle)
     snap.assert_unchanged()
+
+
+def test_a_typo_in_the_config_file_is_named_with_the_key_meant(
+    cohort: Path, config: Path, tmp_path: Path
+) -> None:
+    config.write_text(config.read_text() + "  epoch: 3\n")  # under `train:`, meant `epochs`
+    snap = snapshot(cohort, config)
+    r = cli("run", config, "stain.mode=fancy")
+    assert_clean_error(
+        r,
+        f"config file '{config}'",
+        "train.epoch: unknown config key; did you mean 'train.epochs'?",
+        "stain.mode='fancy': not allowed; choose one of preserve_dab, standard, none",
+        "2 problem(s)",
+        "nothing was run",
+    )
+    assert not (tmp_path / "out").exists()
+    snap.assert_unchanged()

@@ -351,3 +351,34 @@ def test_a_section_with_every_key_commented_out_is_empty(tmp_path: Path) -> None
     assert cfg.train == RunConfig().train and cfg.cohort.test_centers == ("B",)
     path.write_text("train: 3\n")
     assert "train=3: must be a mapping of settings" in _error(load_config, path)
+
+
+def test_every_option_that_sets_a_setting_defaults_to_not_given() -> None:
+    """An option whose help names a setting (``(tiling.tile_px)``) has no default of its own and
+    shows the section's in --help: one source, so the two cannot drift apart."""
+    import re
+
+    import typer.main
+
+    from her2scope._configbase import field_default, show
+    from her2scope.cli import app
+    from her2scope.config import SECTIONS
+
+    def commands(group: Any, prefix: str = "") -> Any:
+        for name, command in group.commands.items():
+            yield f"{prefix}{name}", command
+            if hasattr(command, "commands"):  # a command group: `stain fit`, `stain show`
+                yield from commands(command, f"{prefix}{name} ")
+
+    checked = []
+    for name, command in commands(typer.main.get_command(app)):
+        for param in command.params:
+            found = re.search(r"\((\w+)\.(\w+)[);]", param.help or "")
+            if not found or found.group(1) not in SECTIONS:
+                continue
+            section, key = found.groups()
+            checked.append(f"{name} {param.opts[0]}")
+            assert param.default is None, (name, param.opts)
+            if isinstance(param.show_default, str):  # evaluate's: the run's own value, not shown
+                assert f"{param.show_default}" == show(field_default(SECTIONS[section], key))
+    assert len(checked) >= 20, checked  # tile, stain, evaluate and cells options are covered
