@@ -598,7 +598,30 @@ def open_slide(path: str | Path, mpp: float | None = None, reader: ReaderName = 
     ``mpp`` (µm/px at level 0) is used only when the file has none; it is required then.
     Raises :class:`SlideError` naming the path and the reason on any unreadable input.
     """
-    path = Path(path)
+    path = _slide_file(Path(path))
+    backend, name = _open_backend(path, reader)
+    try:
+        (mx, my), mpp_source = _level0_mpp(path, backend.mpp, mpp)
+    except SlideError:
+        backend.close()
+        raise
+    info = SlideInfo(
+        path=str(path),
+        backend=name,
+        level_dimensions=backend.level_dimensions,
+        level_downsamples=backend.level_downsamples,
+        mpp_x=mx,
+        mpp_y=my,
+        mpp_source=mpp_source,
+        objective_power=backend.objective_power,
+        vendor=backend.vendor,
+    )
+    return Slide(backend, info)
+
+
+def _slide_file(path: Path) -> Path:
+    """The file to open for ``path`` (a DICOM-WSI folder: its first ``.dcm``); refuses missing,
+    empty and grayscale files."""
     if not path.exists():
         raise SlideError(path, "file not found")
     if path.is_dir() and path.suffix.lower() != ".mrxs":
@@ -613,9 +636,13 @@ def open_slide(path: str | Path, mpp: float | None = None, reader: ReaderName = 
         raise SlideError(path, "file is empty")
     if _is_tiff(path):
         _refuse_grayscale_tiff(path)
+    return path
 
+
+def _open_backend(path: Path, reader: ReaderName) -> tuple[Any, str]:
+    """The first backend (in the module docstring's order) that opens ``path``, and its name."""
     backend: Any = None
-    name = reader
+    name: str = reader
     errors: list[str] = []
     if reader in ("auto", "openslide"):
         fmt = _probe_openslide(path)
@@ -661,44 +688,33 @@ def open_slide(path: str | Path, mpp: float | None = None, reader: ReaderName = 
                 "(SVS, NDPI, MRXS, SCN, TIFF, DICOM) or a PNG/JPEG/TIFF image"
             )
         raise SlideError(path, "cannot open: " + "; ".join(errors))
+    return backend, name
 
-    file_mpp = backend.mpp
-    mpp_source: Literal["file", "given"] = "file"
+
+def _level0_mpp(
+    path: Path, file_mpp: tuple[float | None, float | None], given: float | None
+) -> tuple[tuple[float, float], Literal["file", "given"]]:
+    """Level-0 ``(x, y)`` µm/px: the file's when plausible, else ``given`` (required then)."""
     mx, my = file_mpp
     if mx is not None and my is None:
         my = mx
-    if mx is None or not (PLAUSIBLE_MPP[0] <= mx <= PLAUSIBLE_MPP[1]):
-        placeholder = mx is not None
-        if mpp is None:
-            backend.close()
-            what = (
-                f"µm/px in the file ({mx:.4g}) is a placeholder resolution, not a microscope's"
-                if placeholder
-                else "no µm/px in the file"
-            )
-            raise SlideError(
-                path,
-                f"{what}; add an 'mpp' column to the manifest or pass --mpp (µm per pixel at level 0)",
-            )
-        if not (PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]):
-            backend.close()
-            raise SlideError(
-                path, f"given µm/px {mpp} is outside the plausible range {PLAUSIBLE_MPP}"
-            )
-        mx = my = float(mpp)
-        mpp_source = "given"
-    info = SlideInfo(
-        path=str(path),
-        backend=name,
-        level_dimensions=backend.level_dimensions,
-        level_downsamples=backend.level_downsamples,
-        mpp_x=float(mx),
-        mpp_y=float(my),
-        mpp_source=mpp_source,
-        objective_power=backend.objective_power,
-        vendor=backend.vendor,
-    )
-    return Slide(backend, info)
+    if mx is not None and my is not None and PLAUSIBLE_MPP[0] <= mx <= PLAUSIBLE_MPP[1]:
+        return (float(mx), float(my)), "file"
+    if given is None:
+        what = (
+            f"µm/px in the file ({mx:.4g}) is a placeholder resolution, not a microscope's"
+            if mx is not None
+            else "no µm/px in the file"
+        )
+        raise SlideError(
+            path,
+            f"{what}; add an 'mpp' column to the manifest or pass --mpp (µm per pixel at level 0)",
+        )
+    if not (PLAUSIBLE_MPP[0] <= given <= PLAUSIBLE_MPP[1]):
+        raise SlideError(
+            path, f"given µm/px {given} is outside the plausible range {PLAUSIBLE_MPP}"
+        )
+    return (float(given), float(given)), "given"
 
 
 #: OpenSlide formats whose pixels are read by decoding the TIFF tiles directly when the geometry
