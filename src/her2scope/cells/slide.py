@@ -263,8 +263,8 @@ def score_slide_cells(
         notes: list[str] = []
         if roi_path is not None:
             roi, notes = clip_to_slide(load_rois(roi_path, roi_classes), width, height)
-            for n in notes:
-                log.warning("%s: %s", slide_id, n)
+            for note in notes:
+                log.warning("%s: %s", slide_id, note)
             if roi is None:
                 raise Her2ScopeError(
                     f"slide '{slide_path}': the ROI file '{roi_path}' holds no usable ROI "

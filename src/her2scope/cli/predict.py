@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from her2scope.scoring.qc import QCConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -173,7 +177,7 @@ def predict(
         raise typer.Exit(1)
 
 
-def _qc_thresholds(run: Path, settings: list[str]) -> object | None:
+def _qc_thresholds(run: Path, settings: list[str]) -> QCConfig | None:
     """The run's QC thresholds with ``--qc KEY=VALUE`` applied; None (the run's) when none given."""
     if not settings:
         return None

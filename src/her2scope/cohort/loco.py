@@ -10,6 +10,7 @@ trains and evaluates each fold is :func:`her2scope.evaluate.loco.run_leave_one_c
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Final
 
 import pandas as pd
 
@@ -17,7 +18,7 @@ from her2scope.cohort.config import CohortConfig
 from her2scope.cohort.splits import make_splits
 from her2scope.errors import ConfigError, LeakageError
 
-LOCO_MODE = "leave_one_center_out"
+LOCO_MODE: Final = "leave_one_center_out"
 
 
 def loco_split_of(patients: pd.DataFrame, cfg: CohortConfig) -> dict[str, str]:

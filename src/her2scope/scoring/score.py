@@ -621,7 +621,7 @@ def _score_one(
     norm = sq.fitted if cfg.stain.mode != "none" else None
     names = output_paths(out, sid)
     failed = [c.check for c in sq.checks if not c.passed]
-    common = {
+    common: dict[str, Any] = {
         "slide_id": sid,
         "slide_path": str(path),
         "n_tiles": len(sq.tiles),
@@ -634,7 +634,7 @@ def _score_one(
         "note": NOT_A_DEVICE,
     }
     if failed and not ctx.force:
-        doc = {"status": "qc_failed", "score": None, "qc_passed": False, **common}
+        doc: dict[str, Any] = {"status": "qc_failed", "score": None, "qc_passed": False, **common}
         write_json(names["json"], doc)
         log.warning("slide %s not scored (QC): %s", sid, "; ".join(common["qc_reasons"]))
         return {

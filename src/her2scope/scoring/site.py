@@ -120,6 +120,11 @@ def site_model(model: Any, meta: Any, dab_scale: float) -> Any:
     from her2scope.stain.augment import scale_concentrations, stain_basis
 
     class _SiteScaled(nn.Module):
+        mean: torch.Tensor  # buffers, registered below
+        std: torch.Tensor
+        basis: torch.Tensor
+        factors: torch.Tensor
+
         def __init__(self) -> None:
             super().__init__()
             self.inner = model
