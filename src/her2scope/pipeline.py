@@ -207,7 +207,8 @@ class _Job:
     done: dict[str, list[str | None]] = field(default_factory=dict)
 
     def run(self, model: str | None) -> RunLayout:
-        assert model is not None, "a per-model stage called without a model"
+        if model is None:  # a table mistake: a once-stage asking for a run folder
+            raise TypeError("a per-model stage was called without a model")
         return self.out.run(model)
 
     def evaluated(self) -> list[str]:
