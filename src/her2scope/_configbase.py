@@ -47,9 +47,17 @@ def _fspath(value: Any) -> Any:
 
 
 def _split_commas(value: Any) -> Any:
-    """``"A, B"`` → ``["A", "B"]`` (a list written on the command line without brackets)."""
+    """``"A, B"`` → ``["A", "B"]`` (a list written on the command line without brackets).
+
+    Numbers in the list are names too: YAML reads centre ``[1, 2]`` as integers, the manifest
+    (read as text) has ``"1"`` and ``"2"``.
+    """
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return [
+            str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in value
+        ]
     return value
 
 

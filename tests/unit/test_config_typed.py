@@ -190,7 +190,7 @@ def test_a_choice_outside_the_literal_is_refused_listing_the_choices() -> None:
         ("train.epochs=many", "train.epochs='many': must be an integer"),
         ("train.augment=maybe", "train.augment='maybe': must be true or false"),
         ("train.lr=fast", "train.lr='fast': must be a number"),
-        ("train.models=[1]", "train.models[0]=1: must be a string"),
+        ("train.models=[[1]]", "train.models[0]=[1]: must be a string"),
         ("train=3", "train=3: must be a mapping of settings"),
     ],
 )
@@ -206,6 +206,8 @@ def test_dotted_override_values_are_yaml_scalars_and_lists() -> None:
     assert cfg.train.epochs == 3 and type(cfg.train.epochs) is int
     assert cfg.train.lr == 0.001
     assert cfg.cohort.test_centers == ("B", "C")  # a comma list from a command line
+    # centres named by numbers: YAML reads integers, the manifest (text) has "1", "2"
+    assert apply_overrides(cfg, ["cohort.test_centers=[1, 2]"]).cohort.test_centers == ("1", "2")
     assert cfg.train.zoom_range == (1.0, 2.0) and all(
         type(v) is float for v in cfg.train.zoom_range
     )
