@@ -123,3 +123,24 @@ def test_box_coverage_is_exact_on_aligned_boxes() -> None:
     cov = box_coverage(mask, (0.1, 0.1), np.array([0, 20, 20, 0]), np.array([0, 20, 0, 20]), 20)
     np.testing.assert_allclose(cov, [0.75, 0.25, 0.0, 0.0])
     assert box_coverage(mask, (0.1, 0.1), np.array([]), np.array([]), 20).shape == (0,)
+
+
+def test_glass_prefilter_reads_a_position_from_half_the_share_a_kept_tile_needs() -> None:
+    from her2scope.tiling.candidates import min_tissue_estimate, tissue_candidates
+
+    # a 64×32 px slide, 16-px tiles, thumbnail 8×4 (2×2 thumbnail px per tile)
+    thumb = np.full((4, 8, 3), 242, np.uint8)
+    thumb[0, 0] = (150, 100, 60)  # tile (0, 0): 1 of 4 pixels not white
+    thumb[0, 4:6] = (150, 100, 60)  # tile (32, 0): 2 of 4; tile (16, 0) only touches the mask
+    thumb[2:4, 6:8] = (150, 100, 60)  # tile (48, 16): 4 of 4
+    assert min_tissue_estimate(0.6) == pytest.approx(0.2)
+    c = tissue_candidates(thumb, 64, 32, 16, white_level=220, max_white=0.6)
+    assert list(zip(c.xs, c.ys, strict=True)) == [(0, 0), (32, 0), (48, 16)]
+    # on the dilated mask: the 4 top tiles and the 2 right bottom ones; 3 of them show no tissue
+    assert (c.n_region, c.n_glass) == (6, 3)
+    # a stricter rule needs more tissue: 0.35 > 1/4, so tile (0, 0) is no longer read
+    c = tissue_candidates(thumb, 64, 32, 16, white_level=220, max_white=0.3)
+    assert list(zip(c.xs, c.ys, strict=True)) == [(32, 0), (48, 16)]
+    # keeping white tiles (max_white 1) reads every position of the region
+    c = tissue_candidates(thumb, 64, 32, 16, white_level=220, max_white=1.0)
+    assert (len(c.xs), c.n_region, c.n_glass) == (6, 6, 0)
