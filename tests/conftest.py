@@ -7,14 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.slow import SLOW_FIXTURES
 
-#: Session fixtures that take seconds to build (tiling + stain fitting, training a model): every
-#: test that needs one, in any file, is marked ``slow`` so that ``make test-fast`` skips it.
-SLOW_FIXTURES = frozenset({"tiny_tiles", "tiny_run", "hostile_run", "tiny_scoring_run"})
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs a slow session fixture, in any file, is marked ``slow``."""
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

@@ -9,6 +9,7 @@ from torch import nn
 
 from her2scope.explain.gradcam import cam_for_layer, grad_cam, overlay
 from her2scope.explain.stitch import stitch_cams
+from tests.slow import models_marked
 
 
 class _Probe(nn.Module):
@@ -72,7 +73,7 @@ SIZES = {
 }
 
 
-@pytest.mark.parametrize("name", list(SIZES))
+@pytest.mark.parametrize("name", models_marked(list(SIZES)))
 def test_cam_for_each_architecture(name: str) -> None:
     from her2scope.models import create_model
 
@@ -97,7 +98,7 @@ def test_cam_for_each_architecture(name: str) -> None:
     assert cam_t.shape == (2, px, px)
 
 
-@pytest.mark.parametrize("name", ["resnet34", "swin_t"])
+@pytest.mark.parametrize("name", models_marked(["resnet34", "swin_t"]))
 def test_matches_pytorch_grad_cam(name: str) -> None:
     """pytorch-grad-cam (the reference implementation, a dev dependency) gives the same maps on
     the registry's CAM layer and reshape. It rescales by min-max where we divide by the maximum,

@@ -70,11 +70,13 @@ def test_numpy_only_stage_never_imports_torch(package: str) -> None:
     assert _first_torch_importer(modules) == "", "the module named above imports torch"
 
 
+@pytest.mark.slow  # one interpreter per module
 def test_numpy_only_modules_never_import_torch() -> None:
     for name in NUMPY_ONLY_MODULES:  # one interpreter each: an earlier import must not mask one
         assert _first_torch_importer([name]) == "", f"{name} imports torch"
 
 
+@pytest.mark.slow  # imports torch
 def test_the_check_itself_sees_torch() -> None:
     """The probe must be able to fail: a module known to import torch is reported."""
     assert _first_torch_importer(["her2scope.stain.macenko", "her2scope.stain._torch"]) == (

@@ -21,6 +21,7 @@ from her2scope.models import (
     split_outputs,
 )
 from her2scope.models.registry import _REGISTRY, INCEPTION_AUX_WEIGHT, torchvision_cache_file
+from tests.slow import models_marked
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", models_marked(list_models()))
 def test_builds_and_takes_a_training_step_at_its_minimum_size(name: str) -> None:
     torch.manual_seed(0)
     px = get_spec(name).min_input_px
@@ -84,6 +85,7 @@ def test_swin_cam_reshape_is_nhwc_to_nchw() -> None:
     torch.testing.assert_close(reshape(acts[0])[0, :, 1, 0], acts[0][0, 1, 0, :])
 
 
+@pytest.mark.slow
 def test_inception_aux_logits_in_training_at_full_size() -> None:
     model = create_model("inception_v3", 3, input_px=299)
     model.train()
@@ -142,6 +144,7 @@ def test_pretrained_auto_falls_back_with_a_notice(caplog: pytest.LogCaptureFixtu
     assert "resnet34-b627a593.pth" in notices[0]
 
 
+@pytest.mark.slow
 def test_pretrained_from_cache_and_from_local_file(tmp_path: Path) -> None:
     import torchvision
 
@@ -180,7 +183,7 @@ def test_below_the_minimum_size_is_refused_before_building(name: str) -> None:
         create_model(name, 3, input_px=px)
 
 
-@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+@pytest.mark.parametrize("name", models_marked(["alexnet", "vgg16"]))
 def test_plain_cnn_cam_layer_is_the_relu_after_the_last_conv(name: str) -> None:
     model = create_model(name, 3)
     layer, reshape = cam_target(model, name)
