@@ -405,7 +405,7 @@ def _catmull_rom_closed(
     n = len(p)
     t = np.arange(steps)[:, None] / steps
     t2, t3 = t * t, t * t * t
-    out: list[np.ndarray] = []
+    out: list[tuple[float, float]] = []
     for i in range(n):
         p0, p1, p2, p3 = p[(i - 1) % n], p[i], p[(i + 1) % n], p[(i + 2) % n]
         seg = 0.5 * (
@@ -414,7 +414,7 @@ def _catmull_rom_closed(
             + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
             + (-p0 + 3 * p1 - 3 * p2 + p3) * t3
         )
-        out.extend(map(tuple, seg))
+        out.extend((float(x), float(y)) for x, y in seg)
     return out
 
 

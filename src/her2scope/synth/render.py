@@ -71,9 +71,9 @@ def _coarse(
     """
     gh = max(2, math.ceil(shape[0] / scale_px) + 3)
     gw = max(2, math.ceil(shape[1] / scale_px) + 3)
-    g: np.ndarray = rng.standard_normal((gh, gw)).astype(np.float32)
-    g = cv2.GaussianBlur(g, (0, 0), 0.7, borderType=cv2.BORDER_REFLECT)
-    g /= max(float(g.std()), 1e-6)
+    white = rng.standard_normal((gh, gw)).astype(np.float32)
+    g = cv2.GaussianBlur(white, (0, 0), 0.7, borderType=cv2.BORDER_REFLECT)
+    np.divide(g, max(float(g.std()), 1e-6), out=g)
     return g, (gw * scale_px - shape[1]) / 2, (gh * scale_px - shape[0]) / 2
 
 
