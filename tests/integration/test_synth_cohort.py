@@ -193,7 +193,7 @@ def test_same_seed_same_bytes_other_seed_other_cohort(tmp_path: Path) -> None:
     assert differ, "a different seed must give different slides"
 
 
-@pytest.mark.slow  # renders a 3-centre cohort and cross-validates a baseline (~40 s)
+@pytest.mark.slow  # renders a 12-patient cohort and cross-validates a baseline (~40 s)
 def test_trivial_baseline_is_learnable_but_not_perfect(tmp_path: Path) -> None:
     """A DAB-histogram logistic regression, trained at one centre and tested at the other, ranks
     tiles by grade well above chance (0.5) but clearly below perfect (1.0)."""
