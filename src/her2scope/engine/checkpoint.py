@@ -125,7 +125,7 @@ def save_checkpoint(
 
     from her2scope.config import to_dict
 
-    net = model.module if hasattr(model, "module") else model
+    net: nn.Module = getattr(model, "module", model)  # unwrap DDP
     model_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     ckpt = {
         "format_version": FORMAT_VERSION,
@@ -260,7 +260,9 @@ def check_identity(ckpt: dict[str, Any], run_dir: str | Path, path: str | Path) 
     """
     run_dir = Path(run_dir)
     problems: list[str] = []
-    ident = ckpt.get("identity") if isinstance(ckpt.get("identity"), dict) else {}
+    ident = ckpt.get("identity")
+    if not isinstance(ident, dict):
+        ident = {}
     want_splits = splits_hash(RunLayout(run_dir).splits)
     have_splits = ident.get("splits_hash")
     if want_splits is not None and have_splits is not None and want_splits != have_splits:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def exportable(model: nn.Module, input_px: int) -> nn.Module:
     out = None
     for name, (h_in, w_in) in sizes.items():
         mod = model.get_submodule(name)
-        osz = mod.output_size
+        osz: Any = mod.output_size  # int or (h, w), entries None for "same as the input"
         h_out, w_out = (osz, osz) if isinstance(osz, int) else osz
         h_out, w_out = h_out or h_in, w_out or w_in
         if h_in % h_out == 0 and w_in % w_out == 0:
@@ -109,6 +109,9 @@ def _matrix_pool_class() -> type:
 
     class MatrixPool(nn.Module):
         """Adaptive average pooling of a fixed input size as ``P_h · x · P_wᵀ``."""
+
+        ph: torch.Tensor  # buffers, registered below
+        pw_t: torch.Tensor
 
         def __init__(self, ph: np.ndarray, pw: np.ndarray) -> None:
             super().__init__()
