@@ -233,9 +233,7 @@ class _OpenSlideBackend:
         import openslide
 
         self._slide = openslide.OpenSlide(str(path))
-        self.level_dimensions = tuple(
-            tuple(int(v) for v in d) for d in self._slide.level_dimensions
-        )
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         props = self._slide.properties
         self.mpp = (_float(props.get("openslide.mpp-x")), _float(props.get("openslide.mpp-y")))
@@ -266,9 +264,7 @@ class _TiffSlideBackend:
         import tiffslide
 
         self._slide = tiffslide.TiffSlide(str(path))
-        self.level_dimensions = tuple(
-            tuple(int(v) for v in d) for d in self._slide.level_dimensions
-        )
+        self.level_dimensions = tuple((int(w), int(h)) for w, h in self._slide.level_dimensions)
         self.level_downsamples = tuple(float(d) for d in self._slide.level_downsamples)
         props = self._slide.properties
         self.mpp = (_float(props.get("tiffslide.mpp-x")), _float(props.get("tiffslide.mpp-y")))
