@@ -11,8 +11,12 @@ from collections.abc import Iterable
 
 import pytest
 
-#: Session fixtures that take seconds to build (tiling + stain fitting, training a model).
-SLOW_FIXTURES = frozenset({"tiny_tiles", "tiny_run", "hostile_run", "tiny_scoring_run"})
+#: Fixtures that take seconds to build: tiling + stain fitting (``tiny_tiles``), training a model
+#: (``tiny_run``, ``hostile_run``, ``tiny_scoring_run``, ``site_setup``), the whole pipeline
+#: (``piped``, test_pipeline.py).
+SLOW_FIXTURES = frozenset(
+    {"tiny_tiles", "tiny_run", "hostile_run", "tiny_scoring_run", "site_setup", "piped"}
+)
 
 #: Architectures whose build (and a step) takes over ~5 s on 2 loaded cores.
 SLOW_MODELS = frozenset({"vgg16", "densenet121", "inception_v3", "swin_t"})
