@@ -88,11 +88,11 @@ def loader_only(tiles_dir: Path, cfg: object, workers: int) -> float:
     from torch.utils.data import DataLoader
 
     from her2scope.data.dataset import TileDataset
-    from her2scope.engine.train import _load_normalizers
+    from her2scope.stain import load_normalizers
 
     df = pd.read_parquet(tiles_dir / "tiles.parquet")
     df = df[df.center == "A"].reset_index(drop=True)  # the training centre
-    ds = TileDataset(df, 224, _load_normalizers(tiles_dir, cfg))  # type: ignore[arg-type]
+    ds = TileDataset(df, 224, load_normalizers(tiles_dir, cfg.stain))  # type: ignore[attr-defined]
     loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=workers)
     t0 = time.perf_counter()
     n = sum(len(xb) for xb, _ in loader)

@@ -263,6 +263,7 @@ def prepare_data(
     """
     from her2scope.cohort import check_no_leakage, make_splits, read_splits, write_splits
     from her2scope.data.dataset import TileDataset
+    from her2scope.stain import load_normalizers
 
     tcfg = cfg.train
     scheme = get_scheme(cfg.cohort.label_scheme)
@@ -287,7 +288,7 @@ def prepare_data(
     val_df = tiles[tiles["split"] == "val"].reset_index(drop=True)
     if train_df.empty:
         raise ConfigError("the training split has no tiles; check the splits and tiling")
-    normalizers = _load_normalizers(tiles_dir, cfg)
+    normalizers = dict(load_normalizers(tiles_dir, cfg.stain))  # {} for stain.mode=none
     train_ds = TileDataset(train_df, tcfg.input_px, normalizers, train_df["label_idx"].to_numpy())
     val_ds = TileDataset(val_df, tcfg.input_px, normalizers, val_df["label_idx"].to_numpy())
     missing_val = [c for i, c in enumerate(classes) if not (val_ds.labels == i).any()]
@@ -565,39 +566,15 @@ def _cap_tiles_per_slide(tiles: pd.DataFrame, cap: int | None, seed: int) -> pd.
     return pd.concat(parts).sort_index()
 
 
-def _load_normalizers(tiles_dir: Path, cfg: RunConfig) -> dict[str, Any]:
-    if cfg.stain.mode == "none":
-        return {}
-    try:
-        from her2scope.stain import load_normalizers
-    except ImportError as exc:
-        raise ConfigError(
-            f"stain.mode={cfg.stain.mode} needs her2scope.stain.load_normalizers ({exc}); "
-            "use stain.mode=none"
-        ) from None
-    return dict(load_normalizers(tiles_dir, cfg.stain))
-
-
 def _make_augment(cfg: RunConfig) -> Any:
-    """The stain module's training augmentation (flips/rot90, H-DAB jitter, brightness/contrast);
-    flips and rotations only when it is unavailable. Randomness comes from torch's global RNG,
-    which every epoch reseeds."""
-    try:
-        from her2scope.stain.augment import default_train_augment
-    except ImportError as exc:
-        log.warning("stain augmentation unavailable (%s); using flips and rotations only", exc)
-        return _flip_rot90
+    """The stain module's training augmentation (flips/rot90, H-DAB jitter, brightness/contrast,
+    optional assay and zoom); randomness comes from torch's global RNG, which every epoch
+    reseeds."""
+    from her2scope.stain.augment import default_train_augment
+
     return default_train_augment(
         assay_dab_range=cfg.train.assay_dab_range, zoom_range=cfg.train.zoom_range
     )
-
-
-def _flip_rot90(x: torch.Tensor) -> torch.Tensor:
-    """Batch-wide random horizontal flip and 90° rotation on NCHW tiles."""
-    if torch.rand(()) < 0.5:
-        x = x.flip(3)
-    k = int(torch.randint(0, 4, ()))
-    return torch.rot90(x, k, dims=(2, 3)) if k else x
 
 
 def _make_optimizer(model: nn.Module, tcfg: Any) -> torch.optim.Optimizer:
