@@ -14,21 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.hostile.conftest import (
+from tests.hostile.harness import (
     assert_clean_error,
     assert_no_traceback,
     cli,
     snapshot,
-    writable_copy,
 )
 
 HEADER = "slide_id,patient_id,center,label,slide_path,roi_path"
-
-
-@pytest.fixture(scope="module")
-def cohort(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A writable copy of the tiny SYNTHETIC cohort's folder (slides/, rois/, manifest.csv)."""
-    return writable_copy(tiny_cohort.parent, tmp_path_factory.mktemp("hostile_b") / "cohort")
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.hostile.conftest import assert_clean_error, cli, snapshot
+from tests.hostile.harness import assert_clean_error, cli, snapshot
 
 XXE = """<?xml version="1.0"?>
 <!DOCTYPE ASAP_Annotations [<!ENTITY secret SYSTEM "file:///etc/passwd">]>

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from her2scope._io import write_text
-from tests.hostile.conftest import (
+from tests.hostile.harness import (
     CliResult,
     assert_clean_error,
     cli,

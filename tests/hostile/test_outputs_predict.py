@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.hostile.conftest import (
+from tests.hostile.harness import (
     assert_clean_error,
     assert_no_traceback,
     cli,
@@ -315,7 +315,7 @@ def test_pickled_pretrained_weights_are_refused_as_unsafe(tmp_path: Path) -> Non
 
     from her2scope.errors import WeightsError
     from her2scope.models import create_model
-    from tests.hostile.conftest import HOSTILE_MODEL
+    from tests.hostile.harness import HOSTILE_MODEL
 
     marker = tmp_path / "PWNED"
     weights = tmp_path / "weights.pt"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.hostile.conftest import (
+from tests.hostile.harness import (
     _quiet_env,
     assert_clean_error,
     assert_no_traceback,
@@ -284,7 +284,7 @@ def test_checkpoint_save_on_a_full_disk_names_it(
     import torch
 
     from her2scope.config import apply_overrides, dump_config
-    from tests.hostile.conftest import HOSTILE_MODEL
+    from tests.hostile.harness import HOSTILE_MODEL
     from tests.integration.tiny_pipeline import tiny_run_config
 
     cfg_path = tmp_path / "cfg.yaml"
