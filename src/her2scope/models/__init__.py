@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from her2scope.models.registry import (
     INCEPTION_AUX_WEIGHT,
-    TORCHVISION_MODELS,
     ModelSpec,
     Preprocessing,
     cam_target,
@@ -19,7 +18,6 @@ from her2scope.models.registry import (
 
 __all__ = [
     "INCEPTION_AUX_WEIGHT",
-    "TORCHVISION_MODELS",
     "ModelSpec",
     "Preprocessing",
     "cam_target",

@@ -198,18 +198,6 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-#: The study's six architectures (torchvision names), from the registry.
-TORCHVISION_MODELS: tuple[str, ...] = list_models()
-
-#: Smallest square input each registered model accepts.
-MIN_INPUT_PX: dict[str, int] = {n: s.min_input_px for n, s in _REGISTRY.items()}
-
-
-def available_models() -> tuple[str, ...]:
-    """The built-in names; any ``timm:<name>`` is accepted too (alias of :func:`list_models`)."""
-    return list_models()
-
-
 def _check_name(name: str) -> None:
     if name.startswith("timm:"):
         if not name[5:]:
