@@ -1,4 +1,5 @@
-"""Labels, config round-trips, atomic writes and the basic slide reader contract."""
+"""Labels, config round-trips, atomic writes, the basic slide reader contract, the version and
+the checkpoint format gate."""
 
 from __future__ import annotations
 
@@ -174,3 +175,20 @@ def test_version_has_one_source() -> None:
     project = read_configuration(pyproject)["project"]
     assert project["dynamic"] == ["version"]
     assert project["version"] == her2scope.__version__
+
+
+def test_checkpoint_of_a_newer_format_is_refused_by_name(tmp_path: Path) -> None:
+    import torch
+
+    from her2scope.engine.checkpoint import FORMAT_VERSION, load_checkpoint, state_hash
+    from her2scope.errors import Her2ScopeError
+
+    state = {"w": torch.arange(4.0)}
+    ckpt = {"model_state": state, "model_hash": state_hash(state)}
+    current, newer = tmp_path / "current.pt", tmp_path / "newer.pt"
+    torch.save({**ckpt, "format_version": FORMAT_VERSION}, current)
+    torch.save({**ckpt, "format_version": FORMAT_VERSION + 1}, newer)
+    assert load_checkpoint(current)["format_version"] == FORMAT_VERSION
+    with pytest.raises(Her2ScopeError, match=r"checkpoint '.*newer\.pt' has format version") as e:
+        load_checkpoint(newer)
+    assert "upgrade her2scope" in str(e.value)
