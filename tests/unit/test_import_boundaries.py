@@ -28,6 +28,7 @@ NUMPY_ONLY = {
     "her2scope.cohort": (),
     "her2scope.synth": (),
     "her2scope.cells": (),
+    "her2scope.scoring": (),  # the model is loaded inside functions; cells use slide_id_of
 }
 #: Single modules of otherwise torch-using stages.
 NUMPY_ONLY_MODULES = (
