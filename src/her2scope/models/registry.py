@@ -170,8 +170,8 @@ def inception_v3(weights: Any, input_px: int | None) -> nn.Module:
     import torchvision
 
     # ImageNet-normalised input either way; the pretrained weights set these themselves.
-    extra = {} if weights else {"aux_logits": True, "init_weights": True, "transform_input": True}
-    model = torchvision.models.inception_v3(weights=weights, **extra)
+    extra = {"aux_logits": True, "init_weights": True, "transform_input": True}
+    model = torchvision.models.inception_v3(weights=weights, **(extra if weights is None else {}))
     if input_px is not None and input_px < INCEPTION_AUX_MIN_PX:
         model.aux_logits = False
         model.AuxLogits = None
