@@ -120,7 +120,7 @@ def tile(
     from her2scope.tiling.extract import entries_from_paths, read_tiling_manifest, tile_entries
 
     check_mpp("--mpp", mpp)
-    check_int("--workers", workers, 0)  # bounded by CPUs and slides once the slides are known
+    check_int("--workers", workers, 0)  # bounded by the CPUs below
     base = TilingConfig()
     if config is not None:
         from her2scope.config import load_config
@@ -157,7 +157,7 @@ def tile(
         if rois is not None and not rois.is_dir():
             raise ConfigError(f"--rois '{rois}' is not a folder")
         entries = entries_from_paths(inputs, rois, mpp)
-    workers = bound_workers("--workers", workers, len(entries)) or 1
+    workers = bound_workers("--workers", workers) or 1  # a slide's tiles are split over them
     with output_lock(out):
         report = tile_entries(entries, out, cfg, workers=workers, export_tiles=export_tiles)
     _print_summary(report)
