@@ -18,7 +18,9 @@ CLASSES = ("1+", "2+", "3+")
 PX = 64
 
 
-def train_tiny_run(run_dir: Path, tiles_dir: Path, steps: int = 40) -> Path:
+def train_tiny_run(
+    run_dir: Path, tiles_dir: Path, steps: int = 40, stain_mode: str = "none"
+) -> Path:
     """Train ``MODEL`` on the toy tiles (class = DAB-like colour) and save it as a run."""
     from her2scope.config import RunConfig
     from her2scope.data.dataset import TileDataset, to_model_input
@@ -47,7 +49,7 @@ def train_tiny_run(run_dir: Path, tiles_dir: Path, steps: int = 40) -> Path:
     cfg = RunConfig(
         synthetic=True,
         tiling=TilingConfig(tile_px=PX),
-        stain=StainConfig(mode="none"),
+        stain=StainConfig(mode=stain_mode),
         train=TrainConfig(models=(MODEL,), input_px=PX, pretrained=False),
     )
     save_checkpoint(
@@ -441,3 +443,129 @@ def test_predict_uses_the_runs_calibration_and_reflex_policy(
     assert doc["calibration"]["temperature"] == 3.0
     assert doc["reflex_policy"]["threshold"] == 0.0
     assert "0.000" in doc["reflex_fish"]["reason"]
+
+
+# ---- resume, the inference record, stain normalisation on, the ONNX backend ------------------
+
+
+def test_resume_skips_a_scored_slide_and_rescores_when_settings_differ(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path, caplog
+) -> None:
+    import logging
+
+    from her2scope.scoring import score_slides
+    from her2scope.scoring.qc import QCConfig
+
+    out = tmp_path / "pred"
+    first = score_slides([qc_slides["ihc"]], tiny_scoring_run, out)
+    assert first.n_skipped == 0 and first.slides_per_hour is not None and first.slides_per_hour > 0
+    doc = _doc(out, "ihc")
+    inf = doc["inference"]
+    assert (inf["backend"], inf["precision"], inf["channels_last"]) == ("torch", "fp32", True)
+    assert inf["torch_version"] == torch.__version__ and inf["threads"] >= 1
+    assert len(doc["settings_fingerprint"]) == 32
+    assert first.summary.iloc[0]["inference"] == "torch/fp32/channels_last"
+
+    stamp = (out / "ihc.her2scope.json").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="her2scope.scoring.score"):
+        again = score_slides([qc_slides["ihc"]], tiny_scoring_run, out)
+    assert again.n_skipped == 1 and again.slides_per_hour is None
+    assert "already scored with these settings; skipped" in caplog.text
+    assert (out / "ihc.her2scope.json").stat().st_mtime_ns == stamp  # not written again
+    cols = ["slide_id", "status", "score", "n_tiles", "qc_passed", "inference"]
+    pd.testing.assert_frame_equal(again.summary[cols], first.summary[cols])
+    np.testing.assert_allclose(
+        again.summary.filter(like="prob_").to_numpy(float),
+        first.summary.filter(like="prob_").to_numpy(float),
+        rtol=0,
+        atol=1e-9,
+    )
+
+    # a setting that changes the result (a QC threshold) scores the slide again
+    changed = score_slides([qc_slides["ihc"]], tiny_scoring_run, out, qc=QCConfig(min_tiles=1))
+    assert changed.n_skipped == 0
+    assert _doc(out, "ihc")["settings_fingerprint"] != doc["settings_fingerprint"]
+    # a missing output is made again, and rescore=True always scores
+    (out / "ihc.her2scope-heatmap.png").unlink()
+    qc1 = QCConfig(min_tiles=1)
+    assert score_slides([qc_slides["ihc"]], tiny_scoring_run, out, qc=qc1).n_skipped == 0
+    assert (out / "ihc.her2scope-heatmap.png").is_file()
+    assert score_slides([qc_slides["ihc"]], tiny_scoring_run, out, qc=qc1).n_skipped == 1
+    forced = score_slides([qc_slides["ihc"]], tiny_scoring_run, out, qc=qc1, rescore=True)
+    assert forced.n_skipped == 0
+    assert list(pd.read_csv(out / "summary.csv")["slide_id"]) == ["ihc"]  # one row, kept
+
+
+def test_predict_with_stain_normalisation_uses_the_slides_own_fit(
+    tiny_scoring_run: Path, toy_tiles: Path, qc_slides: dict[str, Path], tmp_path: Path
+) -> None:
+    """stain.mode=preserve_dab: the tiles reach the model normalised with the slide's own fit
+    (the probabilities equal predict_tiles with that normaliser, and differ from raw tiles)."""
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.predict import predict_tiles
+    from her2scope.scoring import score_slides
+    from her2scope.stain.slides import fit_slide_stains
+    from her2scope.tiling import tile_slide
+
+    run = train_tiny_run(tmp_path / "norm_run", toy_tiles, stain_mode="preserve_dab")
+    out = tmp_path / "pred"
+    rep = score_slides([qc_slides["ihc"]], run, out)
+    assert rep.ok, rep.failures
+    doc = _doc(out, "ihc")
+    assert doc["status"] == "ok", doc["qc_reasons"]
+    assert doc["stain_fit"]["used_for_normalisation"] is True
+    assert doc["provenance"]["stain_mode"] == "preserve_dab"
+
+    model, meta = load_run_model(run)
+    cfg = meta.config
+    tiles, _ = tile_slide(qc_slides["ihc"], "ihc", cfg.tiling)
+    fit = fit_slide_stains(
+        tiles, "ihc", cfg.stain.mode, cfg.stain.reference, cfg.stain.fit_tiles, cfg.tiling.reader
+    )
+    normed = predict_tiles(model, meta, tiles, {"ihc": fit.normalizer}).mean(axis=0)
+    raw = predict_tiles(model, meta, tiles, None).mean(axis=0)
+    got = np.array([doc["probabilities"][c] for c in meta.classes])
+    np.testing.assert_allclose(got, normed, rtol=0, atol=1e-5)  # T = 1: no calibration.json
+    assert np.abs(raw - normed).max() > 1e-3  # normalisation changed the model's input
+
+
+def test_onnx_export_and_predict_backend_onnx(
+    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from her2scope.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_scoring_run, run)
+    res = CliRunner().invoke(app, ["export", str(run), "--onnx"])
+    assert res.exit_code == 0, res.output
+    assert (run / "checkpoints" / "best.onnx").is_file()
+    assert "max probability difference" in res.output
+
+    def predict(out: Path, *extra: str) -> dict:
+        args = ["predict", str(qc_slides["ihc"]), "--run", str(run), "--out", str(out), *extra]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert "slides/hour" in r.output
+        return _doc(out, "ihc")
+
+    ref = predict(tmp_path / "torch")
+    onx = predict(tmp_path / "onnx", "--backend", "onnx")
+    assert onx["inference"]["backend"] == "onnx" and onx["inference"]["precision"] == "fp32"
+    assert onx["inference"]["onnx_path"].endswith("best.onnx")
+    assert onx["score"] == ref["score"]
+    for c, p in ref["probabilities"].items():
+        assert onx["probabilities"][c] == pytest.approx(p, abs=1e-5)
+    assert onx["settings_fingerprint"] != ref["settings_fingerprint"]
+
+    # export never replaces a file of the run, even through a link with an .onnx name
+    link = run / "checkpoints" / "alias.onnx"
+    link.symlink_to(run / "checkpoints" / "best.pt")
+    before = (run / "checkpoints" / "best.pt").read_bytes()
+    bad = CliRunner().invoke(app, ["export", str(run), "--onnx", "--out", str(link)])
+    assert bad.exit_code != 0 and "would replace an input" in str(bad.exception or bad.output)
+    assert (run / "checkpoints" / "best.pt").read_bytes() == before

@@ -171,7 +171,7 @@ def test_threads_plan_on_one_and_two_cores() -> None:
 
 
 class _FakeTiles:
-    """Stands in for TileDataset: item i is a tile filled with i (mod 256)."""
+    """Stands in for TileDataset: tile i is filled with i (mod 256)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -181,8 +181,8 @@ class _FakeTiles:
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.full((3, 2, 2), i % 256, dtype=torch.uint8), -1
+    def read_rgb(self, i: int) -> np.ndarray:
+        return np.full((2, 2, 3), i % 256, dtype=np.uint8)
 
     def close(self) -> None:
         self.closed += 1

@@ -243,6 +243,8 @@ class Predictor:
         x = to_model_input(
             xb.to(self.device, non_blocking=True), self.mean, self.std, self.channels_last
         )
+        if not self.channels_last:  # batches come channels-last from the reader
+            x = x.contiguous()
         if self.onnx is not None:
             logits = torch.from_numpy(self.onnx.logits(x.numpy()))
         else:
@@ -290,7 +292,7 @@ def _prepared(p: Predictor) -> Iterator[None]:
 
 
 def prefetch_batches(ds: TileDataset, batch_size: int, readers: int) -> Iterator[torch.Tensor]:
-    """uint8 ``[B, 3, H, W]`` batches of ``ds`` in order, read up to ``2 × readers`` batches ahead
+    """uint8 ``[B, 3, H, W]`` batches of ``ds`` (views of ``[B, H, W, 3]`` memory) in order, read up to ``2 × readers`` batches ahead
     by ``readers`` threads (0: read here, one batch at a time).
 
     Each thread reads through its own copy of the dataset (its own open slide handles, which are
@@ -306,7 +308,9 @@ def prefetch_batches(ds: TileDataset, batch_size: int, readers: int) -> Iterator
     spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
 
     def read(d: TileDataset, a: int, b: int) -> torch.Tensor:
-        return torch.stack([d[i][0] for i in range(a, b)])
+        # one array per batch, one torch op: per-tile tensors cost a parallel region each
+        rgb = np.stack([d.read_rgb(i) for i in range(a, b)])
+        return torch.from_numpy(rgb).permute(0, 3, 1, 2)  # NCHW view of NHWC memory
 
     if readers <= 0:
         for a, b in spans:
