@@ -121,7 +121,7 @@ def _train(
     plan: CpuPlan,
 ) -> Path:
     from her2scope.data.dataset import seed_worker
-    from her2scope.engine.checkpoint import load_checkpoint, save_checkpoint
+    from her2scope.engine.checkpoint import save_checkpoint
     from her2scope.engine.distributed import (
         all_gather_objects,
         barrier,
@@ -135,15 +135,8 @@ def _train(
     set_deterministic(tcfg.deterministic)
     seed_everything(cfg.seed)
 
-    start_epoch, ckpt = 0, None
-    if resume:
-        ckpt = load_checkpoint(layout.last)
-        if ckpt["model_name"] != model_name:
-            raise ConfigError(
-                f"cannot resume '{run_dir}': it trains '{ckpt['model_name']}', not '{model_name}'"
-            )
-        start_epoch = int(ckpt["epoch"])
-
+    ckpt = _resume_checkpoint(layout, model_name) if resume else None
+    start_epoch = int(ckpt["epoch"]) if ckpt is not None else 0
     data = prepare_data(cfg, tiles_dir, run_dir, resume=resume, write=dist.is_main)
     dev = dist.device
     with _WeightsNotice() as notice:
@@ -166,18 +159,7 @@ def _train(
                 "tiles_dir": str(tiles_dir.resolve()),
             },
         )
-
-    state: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "monitor": ""}
-    metrics: list[dict[str, Any]] = []
-    if ckpt is not None:
-        tr.model.load_state_dict(ckpt["model_state"])
-        tr.optimizer.load_state_dict(ckpt["optimizer_state"])
-        tr.scheduler.load_state_dict(ckpt["scheduler_state"])
-        if ckpt.get("scaler_state"):
-            tr.scaler.load_state_dict(ckpt["scaler_state"])
-        state.update(ckpt["train_state"])
-        metrics = _read_metrics(layout.metrics)[:start_epoch]
-        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    state, metrics = _restore(tr, ckpt, layout)
 
     def save(path: Path, epoch: int, full: bool = True) -> None:
         # best.pt is for inference: model only; last.pt also carries what resuming needs
@@ -217,16 +199,12 @@ def _train(
         val = _validate(tr, data.val_ds, tcfg.batch_size, plan.loader_workers, dev, dist)
         if dist.is_main:
             row = {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "val_loss": val["loss"],
-                "val_macro_auc": val["auc"],
-                "val_classes_missing": data.missing_val,
+                "epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+                "val_macro_auc": val["auc"], "val_classes_missing": data.missing_val,
                 "lr": tr.optimizer.param_groups[0]["lr"],
                 "images_per_s": images / elapsed if elapsed > 0 else None,
-                "train_images": images,
-                "val_images": len(data.val_ds),
-            }
+                "train_images": images, "val_images": len(data.val_ds),
+            }  # fmt: skip
             metrics.append(row)
             improved = _update_early_stopping(state, val, epoch + 1)
             write_text(
@@ -251,6 +229,36 @@ def _train(
         _write_calibration(run_dir, data.val_df, data.normalizers, data.classes, cfg)
     barrier(dist)
     return run_dir
+
+
+def _resume_checkpoint(layout: RunLayout, model_name: str) -> dict[str, Any]:
+    """The run's ``last.pt``, refused when it trains another model."""
+    from her2scope.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(layout.last)
+    if ckpt["model_name"] != model_name:
+        raise ConfigError(
+            f"cannot resume '{layout.root}': it trains '{ckpt['model_name']}', not '{model_name}'"
+        )
+    return ckpt
+
+
+def _restore(
+    tr: Trainer, ckpt: dict[str, Any] | None, layout: RunLayout
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Early-stopping state and the metrics rows so far: fresh, or restored (with the model,
+    optimiser, schedule and grad scaler) from a resumed checkpoint."""
+    state: dict[str, Any] = {"best": None, "best_epoch": 0, "bad_epochs": 0, "monitor": ""}
+    if ckpt is None:
+        return state, []
+    tr.model.load_state_dict(ckpt["model_state"])
+    tr.optimizer.load_state_dict(ckpt["optimizer_state"])
+    tr.scheduler.load_state_dict(ckpt["scheduler_state"])
+    if ckpt.get("scaler_state"):
+        tr.scaler.load_state_dict(ckpt["scaler_state"])
+    state.update(ckpt["train_state"])
+    log.info("resuming %s from epoch %d", layout.root, int(ckpt["epoch"]))
+    return state, _read_metrics(layout.metrics)[: int(ckpt["epoch"])]
 
 
 def prepare_data(
