@@ -148,6 +148,8 @@ def export_onnx(model: nn.Module, meta: RunMeta, path: str | Path, checkpoint_sh
     with atomic_path(path) as tmp, warnings.catch_warnings():
         # the legacy exporter is chosen on purpose (the dynamo one needs onnxscript)
         warnings.simplefilter("ignore", DeprecationWarning)
+        # shape checks on non-batch axes (e.g. the ordinal head's) are constants of the graph
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             graph_model,
             (x,),

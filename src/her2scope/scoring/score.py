@@ -262,11 +262,8 @@ def _previous_result(
     if status not in ("ok", "qc_failed"):
         return None
     needed = [names["heatmap"], names["qupath_geojson"]] if status == "ok" else []
-    if cells and status == "ok":
-        from her2scope.cells.slide import output_paths as cell_output_paths
-
+    if cells and status == "ok":  # the cell outputs the JSON names (none when they failed)
         needed += [out / n for n in (doc.get("cells") or {}).get("outputs", {}).values()]
-        needed += [] if doc.get("cells") else list(cell_output_paths(out, sid).values())
     if not all(p.is_file() for p in needed):
         return None
     classes = tuple((doc.get("provenance") or {}).get("classes") or ())
