@@ -100,8 +100,9 @@ def plan_threads(
 
     On a GPU the CPU only reads: one compute thread, the other cores read. On a CPU, one core in
     four reads (at least one when there are two or more cores) and the rest compute; with a
-    single core the tiles are read between batches. A given value is kept and the other one
-    fills the remaining cores.
+    single core the tiles are read between batches. A value the caller gives is kept; given
+    threads, the readers take the cores left (at most their default number); given readers,
+    the compute threads take the cores left (at least one).
     """
     n = max(1, int(n_cpus))
     if device_type != "cpu":
@@ -111,7 +112,7 @@ def plan_threads(
     if readers is None:
         readers = 0 if n == 1 else max(1, n // 4)
         if threads is not None:
-            readers = max(0, min(readers, n - threads)) if n - threads >= 1 else 0
+            readers = max(0, min(readers, n - threads))
     if threads is None:
         threads = max(1, n - readers)
     return threads, readers
