@@ -16,6 +16,7 @@ and prints each as a ratio to the bare eager forward. Two sizes: the study's (51
 
     python benchmarks/bench_predict.py                       # alexnet, both sizes, ~4 min on 2 CPUs
     python benchmarks/bench_predict.py --models alexnet,resnet34 --rounds 3
+    python benchmarks/bench_predict.py --bare-only --models alexnet,resnet34   # forwards only
 """
 
 from __future__ import annotations
@@ -125,6 +126,42 @@ def bare_eager(model_name: str, size: str, n_img: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def bare_paths(model_name: str, size: str, rounds: int, tmp: Path) -> dict[str, float]:
+    """img/s of the model alone on a ready uint8 batch, per inference path (Predictor.probs:
+    normalisation, forward, softmax), interleaved over ``rounds``; medians."""
+    import torch
+
+    from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.infer import InferenceOptions, Predictor, available_cpus
+    from her2scope.engine.onnx_backend import default_onnx_path, export_onnx, file_sha256
+
+    input_px, batch = SIZES[size][2], SIZES[size][5]
+    run = make_run(tmp / f"bare_{size}_{model_name}", model_name, size)
+    model, meta = load_run_model(run)
+    export_onnx(model, meta, default_onnx_path(run), file_sha256(meta.checkpoint))
+    n = available_cpus()
+    paths = {
+        "eager fp32": InferenceOptions(channels_last=False, precision="fp32", threads=n),
+        "channels_last fp32": InferenceOptions(threads=n),
+        "channels_last bf16": InferenceOptions(precision="bf16", threads=n),
+        "onnx fp32": InferenceOptions(backend="onnx", threads=n),
+    }
+    rng = np.random.default_rng(0)
+    xb = torch.from_numpy(rng.integers(0, 256, (batch, 3, input_px, input_px), dtype=np.uint8))
+    preds = {k: Predictor(model, meta, torch.device("cpu"), o) for k, o in paths.items()}
+    res: dict[str, list[float]] = {k: [] for k in paths}
+    reps = 2 if input_px >= 512 else 4
+    for _ in range(rounds):
+        for k, p in preds.items():
+            with p.prepare():
+                p.probs(xb)  # warm-up
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    p.probs(xb)
+                res[k].append(reps * batch / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
 def predict_call(
     slides: list[Path], run: Path, out: Path, opts: object, batch: int
 ) -> tuple[float, float, float]:
@@ -153,6 +190,11 @@ def main() -> None:
     ap.add_argument("--models", default="alexnet")
     ap.add_argument("--sizes", default="512px,demo")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument(
+        "--bare-only",
+        action="store_true",
+        help="only the model forward per path (eager, channels_last, +bf16, ONNX), no predict",
+    )
     ap.add_argument(
         "--scale", type=int, default=1, help="slides this many times wider and taller (more tiles)"
     )
@@ -185,6 +227,18 @@ def main() -> None:
         f"{n_cpu} CPU(s); torch {torch.__version__}; native bf16: {cpu_bf16_native()}; "
         f"rounds: {args.rounds} (medians)"
     )
+    if args.bare_only:
+        with tempfile.TemporaryDirectory() as tmp_s:
+            for size in args.sizes.split(","):
+                for model_name in args.models.split(","):
+                    r = bare_paths(model_name, size, args.rounds, Path(tmp_s))
+                    base = r["eager fp32"]
+                    print(
+                        f"{model_name} {size}: "
+                        + " | ".join(f"{k} {v:.1f} img/s = {v / base:.2f}x" for k, v in r.items()),
+                        flush=True,
+                    )
+        return
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         for size in args.sizes.split(","):
