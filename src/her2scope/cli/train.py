@@ -12,11 +12,6 @@ def register(app: typer.Typer) -> None:
     app.command(name="train")(train)
 
 
-def run_dir_name(model_name: str) -> str:
-    """Folder name of a model's run (``timm:convnext_tiny`` → ``timm_convnext_tiny``)."""
-    return model_name.replace(":", "_").replace("/", "_")
-
-
 def train(
     overrides: list[str] = typer.Argument(
         None,
@@ -63,6 +58,7 @@ def train(
     from her2scope.engine.loco import train_model_or_folds
     from her2scope.engine.train import train_model
     from her2scope.errors import ConfigError
+    from her2scope.layout import OutLayout, RunLayout, run_dir_name
 
     setup_logging()
     log = logging.getLogger("her2scope.train")
@@ -72,8 +68,7 @@ def train(
         overrides.append("train.deterministic=true")
 
     if resume is not None:
-        ckpt_path = resume / "checkpoints" / "last.pt"
-        cfg_path = resume / "config.yaml"
+        ckpt_path, cfg_path = RunLayout(resume).last, RunLayout(resume).config
         if not cfg_path.is_file():
             raise ConfigError(f"cannot resume '{resume}': no config.yaml there")
         # every problem of the config, the files it names and the manifest, before any work
@@ -97,8 +92,8 @@ def train(
     # every problem of the config, the files it names and the manifest, before any work
     cfg = load_config(config, overrides, validate=True)
     names = list(cfg.train.models)
-    tiles_dir = tiles or Path(cfg.out_dir) / "tiles"
-    runs_root = out or Path(cfg.out_dir) / "runs"
+    tiles_dir = tiles or OutLayout(Path(cfg.out_dir)).tiles.root
+    runs_root = out or OutLayout(Path(cfg.out_dir)).runs_dir
     failed: list[str] = []
     with output_lock(runs_root):
         for name in names:
