@@ -195,13 +195,7 @@ KNOWN_SPELLINGS: dict[str, set[str]] = {
     "her2scope.cli.cells": {"cells_agreement.json"},
     "her2scope.cli.evaluate": {"comparison.csv", "comparison.md", "config.yaml"},
     "her2scope.cli.predict": {"config.yaml"},
-    "her2scope.cli.run": {"results.json"},
-    "her2scope.cli.stain": {"tiles.parquet"},
-    "her2scope.cli.train": {"config.yaml"},
     "her2scope.evaluate.calibration": {"calibration.json"},
-    "her2scope.scoring.score": {"tiles.parquet"},
-    "her2scope.scoring.site": {"site_calibration.json", "splits.csv", "tiles.parquet"},
-    "her2scope.stain.slides": {"tiles.parquet"},
 }
 
 

@@ -180,8 +180,10 @@ def _run_and_print(
     typer.echo(
         f"\nPatient-level macro-AUC on the {cfg.evaluate.split} split (centre(s) {centres}):"
     )
+    from her2scope.layout import RunLayout
+
     for name, run_dir in result.run_dirs.items():
-        res = _read_json(run_dir / "results.json")
+        res = _read_json(RunLayout(run_dir).results)
         m = res.get("levels", {}).get("patient", {}).get("macro_auc")
         if isinstance(m, dict) and m.get("value") is not None:
             ci = m.get("ci") or [None, None]

@@ -73,10 +73,11 @@ def fit(
     from her2scope._lock import output_lock
     from her2scope.cli._options import bound_workers
     from her2scope.errors import ConfigError
+    from her2scope.layout import TilesLayout
     from her2scope.stain.slides import fit_stains
 
     workers = bound_workers("--workers", workers, None) or 1
-    if not (tiles_dir / "tiles.parquet").is_file():
+    if not TilesLayout(tiles_dir).table.is_file():
         raise ConfigError(
             f"'{tiles_dir}' has no tiles.parquet; give the --out folder of `her2scope tile`"
         )

@@ -31,6 +31,7 @@ from her2scope.evaluate.calibration import (
     reflex_decision,
     slide_uncertainty,
 )
+from her2scope.layout import RunLayout, TilesLayout
 from her2scope.scoring.qc import QCConfig, run_checks
 from her2scope.scoring.qc import reasons as qc_reasons
 
@@ -209,10 +210,10 @@ class ScoreSettings:
 
         return cls(
             {
-                "checkpoint_sha256": sha(run_dir / "checkpoints" / "best.pt"),
-                "calibration_sha256": sha(run_dir / "calibration.json"),
+                "checkpoint_sha256": sha(RunLayout(run_dir).best),
+                "calibration_sha256": sha(RunLayout(run_dir).calibration),
                 "center": center,
-                "site_calibration_sha256": sha(run_dir / "site_calibration.json")
+                "site_calibration_sha256": sha(RunLayout(run_dir).site_calibration)
                 if center
                 else None,
                 "qc_thresholds": to_dict(qc) if qc is not None else "run",
@@ -838,7 +839,7 @@ def training_mpp(run_dir: str | Path, meta: Any) -> float | None:
     target = meta.config.tiling.target_mpp
     if target:
         return float(target)
-    table = Path(meta.tiles_dir) / "tiles.parquet"
+    table = TilesLayout(Path(meta.tiles_dir)).table
     if table.is_file():
         import pandas as pd
 

@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 
 from her2scope.errors import ConfigError
+from her2scope.layout import SITE_CALIBRATION_JSON, RunLayout, TilesLayout
 
 log = logging.getLogger(__name__)
 
 #: File in the run directory holding every calibrated centre.
-SITE_FILE = "site_calibration.json"
+SITE_FILE = SITE_CALIBRATION_JSON
 #: Log grid of DAB factors searched by the supervised fit (0.2× … 5×).
 K_GRID: tuple[float, ...] = tuple(math.exp(math.log(5.0) * i / 16) for i in range(-16, 17))
 #: Weight of the Gaussian prior on log k (per calibration slide): 0.5·(log k / PRIOR_SD)².
@@ -300,13 +301,13 @@ def _training_dab_stats(meta: Any, run_dir: Path, per_slide: int = 8) -> list[fl
     from her2scope.cohort import read_splits
 
     tiles_dir = Path(meta.tiles_dir)
-    table = tiles_dir / "tiles.parquet"
+    table = TilesLayout(tiles_dir).table
     if not table.is_file():
         raise ConfigError(
             f"unsupervised calibration reads the run's training tiles, but '{table}' is gone; "
             "use labelled calibration slides instead"
         )
-    splits = read_splits(run_dir / "splits.csv")
+    splits = read_splits(RunLayout(run_dir).splits)
     train_ids = set(splits.loc[splits["split"] == "train", "slide_id"])
     tiles = pd.read_parquet(table)
     tiles = tiles[tiles["slide_id"].isin(train_ids)]

@@ -19,6 +19,7 @@ import numpy as np
 from her2scope._io import write_json
 from her2scope._progress import track
 from her2scope.errors import ConfigError, Her2ScopeError
+from her2scope.layout import TilesLayout
 from her2scope.stain.config import StainConfig
 from her2scope.stain.macenko import StainNormalizer, load_reference, od_lut
 
@@ -28,7 +29,7 @@ LOW_TISSUE_FRAC = 0.05  # a sampled tile with fewer tissue pixels than this is c
 
 
 def _read_table(tiles_dir: Path) -> Any:
-    path = tiles_dir / "tiles.parquet"
+    path = TilesLayout(tiles_dir).table
     if not path.is_file():
         raise ConfigError(f"'{path}' not found; run `her2scope tile` first")
     from her2scope._io import read_parquet
@@ -144,7 +145,7 @@ def _fit_one(slide_id: str, tiles: Any, cfg: StainConfig) -> dict[str, Any]:
 
 
 def _update_sidecar(tiles_dir: Path, slide_id: str, slide_path: str, stain: dict[str, Any]) -> None:
-    path = tiles_dir / "slides" / f"{slide_id}.json"
+    path = TilesLayout(tiles_dir).sidecar(slide_id)
     side: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -175,7 +176,7 @@ def fit_stains(tiles_dir: str | Path, cfg: StainConfig, workers: int = 1) -> dic
     df = _read_table(tiles_dir)
     missing = {"slide_id", "slide_path", "x", "y", "level", "read_px", "tile_px"} - set(df.columns)
     if missing:
-        raise ConfigError(f"'{tiles_dir / 'tiles.parquet'}' lacks columns {sorted(missing)}")
+        raise ConfigError(f"'{TilesLayout(tiles_dir).table}' lacks columns {sorted(missing)}")
     jobs = [(str(slide_id), g) for slide_id, g in df.groupby("slide_id", sort=True)]
     result: dict[str, Any] = {"fitted": [], "passthrough": [], "failed": {}}
 
@@ -253,7 +254,7 @@ def load_normalizers(tiles_dir: str | Path, cfg: StainConfig) -> dict[str, Stain
     out: dict[str, StainNormalizer] = {}
     unfitted: list[str] = []
     for sid in slide_ids:
-        path = tiles_dir / "slides" / f"{sid}.json"
+        path = TilesLayout(tiles_dir).sidecar(sid)
         try:
             side = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
