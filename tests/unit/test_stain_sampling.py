@@ -34,7 +34,7 @@ def test_predict_fits_the_same_tiles_at_the_same_size_as_training(
     tiny_cohort: Path, tmp_path: Path
 ) -> None:
     from her2scope.config import RunConfig, apply_overrides
-    from her2scope.scoring.score import _fit_normalizer
+    from her2scope.scoring.score import fit_slide_normalizer
     from her2scope.stain import StainNormalizer
     from her2scope.tiling.config import TilingConfig
     from her2scope.tiling.extract import read_tiling_manifest, tile_entries
@@ -54,7 +54,7 @@ def test_predict_fits_the_same_tiles_at_the_same_size_as_training(
         RunConfig(), ["stain.mode=preserve_dab", "stain.fit_tiles=6", "tiling.tile_px=128"]
     )
     shuffled = tiles.sample(frac=1.0, random_state=1).reset_index(drop=True)
-    fitted, images = _fit_normalizer(cfg, shuffled)
+    fitted, images = fit_slide_normalizer(cfg, shuffled)
     assert len(images) == 6 and all(im.shape == (128, 128, 3) for im in images)
     rows = sample_fit_tiles(tiles, 6).to_dict("records")
     expected, _, errors = read_fit_tiles(rows)

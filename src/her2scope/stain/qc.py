@@ -57,14 +57,17 @@ def off_plane_share(
     (rows H, DAB). A third stain (eosin in an H&E slide that the fit took as hematoxylin only)
     makes a large share; scanner gamma and JPEG noise do not. None without tissue.
     """
-    from her2scope.stain.macenko import od_lut
+    from her2scope.stain.macenko import colour_counts, od_lut
 
     lut = od_lut(io)
     px = np.concatenate([np.asarray(a).reshape(-1, 3) for a in images])
-    od = lut[px]
-    od = od[(od >= beta).all(axis=1)]
+    colours, counts = colour_counts(px)  # per distinct colour: the same share, far fewer rows
+    od = lut[colours]
+    tissue = (od >= beta).all(axis=1)
+    od, counts = od[tissue], counts[tissue]
     if len(od) == 0:
         return None
     q, _ = np.linalg.qr(np.asarray(stain_matrix, np.float64).T)  # orthonormal basis of the plane
     sin_off = np.linalg.norm(od - (od @ q) @ q.T, axis=1) / np.linalg.norm(od, axis=1)
-    return float((sin_off > np.sin(np.radians(off_plane_deg))).mean())
+    off = sin_off > np.sin(np.radians(off_plane_deg))
+    return float(counts[off].sum() / counts.sum())
