@@ -7,7 +7,6 @@ renames it over the destination (``os.replace`` is atomic on POSIX and Windows).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -17,19 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from her2scope.errors import OutputError
-
-#: ``errno`` values that are the user's environment, not a bug, and what to tell the user.
-_ENV_ERRNOS = {
-    errno.ENOSPC: "disk full (no space left on the device); free some space or write elsewhere",
-    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
-    errno.EROFS: "read-only file system; choose a writable output folder",
-    errno.EACCES: "permission denied; choose an output folder you can write to",
-    errno.EPERM: "operation not permitted; choose an output folder you can write to",
-    errno.ENOTDIR: "a path component is a file, not a folder; choose another output folder",
-    errno.EISDIR: "a folder is in the way of this output file; move it or choose another folder",
-    errno.ENAMETOOLONG: "file name too long; use a shorter output path or slide id",
-}
+from her2scope.errors import OutputError, os_error_reason  # re-exported: callers import it here
 
 #: Temporary files of :func:`atomic_path`: ``.<stem>.<8 random chars>.tmp<suffix>``.
 _TEMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]{1,8})?$")
@@ -121,25 +108,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
-
-
-def os_error_reason(exc: BaseException) -> str | None:
-    """The user-facing reason of an environment error (disk full, read-only, …), else ``None``.
-
-    Also recognises torch's ``RuntimeError`` from a failed ``torch.save`` (its zip writer reports
-    a full disk as ``[enforce fail at inline_container.cc…]``); the raw text is never shown.
-    """
-    if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
-        return _ENV_ERRNOS[exc.errno]
-    text = str(exc)
-    if isinstance(exc, RuntimeError) and (
-        "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text
-    ):
-        return (
-            "writing the file failed part-way (most often: disk full); free some space or "
-            "write elsewhere, then re-run"
-        )
-    return None
 
 
 def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:

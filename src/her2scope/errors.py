@@ -7,6 +7,7 @@ The CLI prints these without a traceback; anything else is a bug.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -96,6 +97,38 @@ BUG_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
+#: ``errno`` values that are the user's environment, not a bug, and what to tell the user.
+_ENV_ERRNOS = {
+    errno.ENOSPC: "disk full (no space left on the device); free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EROFS: "read-only file system; choose a writable output folder",
+    errno.EACCES: "permission denied; choose an output folder you can write to",
+    errno.EPERM: "operation not permitted; choose an output folder you can write to",
+    errno.ENOTDIR: "a path component is a file, not a folder; choose another output folder",
+    errno.EISDIR: "a folder is in the way of this output file; move it or choose another folder",
+    errno.ENAMETOOLONG: "file name too long; use a shorter output path or slide id",
+}
+
+
+def os_error_reason(exc: BaseException) -> str | None:
+    """The user-facing reason of an environment error (disk full, read-only, …), else ``None``.
+
+    Also recognises torch's ``RuntimeError`` from a failed ``torch.save`` (its zip writer reports
+    a full disk as ``[enforce fail at inline_container.cc…]``); the raw text is never shown.
+    """
+    if isinstance(exc, OSError) and exc.errno in _ENV_ERRNOS:
+        return _ENV_ERRNOS[exc.errno]
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and (
+        "inline_container" in text or "PytorchStreamWriter" in text or "file write failed" in text
+    ):
+        return (
+            "writing the file failed part-way (most often: disk full); free some space or "
+            "write elsewhere, then re-run"
+        )
+    return None
+
+
 def reason_of(exc: BaseException, fallback: str) -> str:
     """The user-facing reason of ``exc``, or ``fallback`` where its text is a raw Python reason.
 
@@ -104,8 +137,6 @@ def reason_of(exc: BaseException, fallback: str) -> str:
     bug type (:data:`BUG_TYPES`: "IndexError: list index out of range") gives ``fallback``,
     which says what it means for the user (e.g. "the file is damaged").
     """
-    from her2scope._io import os_error_reason
-
     if isinstance(exc, Her2ScopeError):
         return str(exc)
     env = os_error_reason(exc)

@@ -49,6 +49,7 @@ COMPARISON_CSV = "comparison.csv"
 COMPARISON_MD = "comparison.md"
 CELLS_DIR = "cells"
 CELLS_AGREEMENT_JSON = "cells_agreement.json"
+CELLS_SUMMARY_CSV = "cells_summary.csv"
 REPORT_HTML = "report.html"
 TIMINGS_JSON = "timings.json"
 STAMPS_DIR = ".stamps"
@@ -277,3 +278,12 @@ def comparison_paths(out_dir: Path) -> tuple[Path, Path]:
     """``(comparison.csv, comparison.md)`` in a comparison folder (``her2scope compare --out``)."""
     out_dir = Path(out_dir)
     return out_dir / COMPARISON_CSV, out_dir / COMPARISON_MD
+
+
+def slide_id_of(path: str | Path) -> str:
+    """Slide id = file name without its extension (``.ome.tif`` counts as one extension)."""
+    name = Path(path).name
+    for ext in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem

@@ -136,28 +136,11 @@ def test_imports_are_read_at_every_level(tmp_path: Path) -> None:
 # ---- the package ------------------------------------------------------------------------------
 
 
-#: Cycles in modules that other work is reshaping, each to be removed from here when it goes.
-#: Listed by their members; a new cycle, or a listed one that grew, fails the test.
-KNOWN_CYCLES: list[list[str]] = [
-    ["her2scope._io", "her2scope.errors"],
-    ["her2scope.cells.slide", "her2scope.scoring.score", "her2scope.scoring.site"],
-    ["her2scope.cohort.loco", "her2scope.cohort.splits"],
-]
-
-
 def test_no_import_cycle_in_her2scope() -> None:
     cycles = find_cycles(import_graph())
-    new = [c for c in cycles if c not in KNOWN_CYCLES]
-    assert new == [], "import cycles between her2scope modules:\n" + "\n".join(
-        " <-> ".join(c) for c in new
+    assert cycles == [], "import cycles between her2scope modules:\n" + "\n".join(
+        " <-> ".join(c) for c in cycles
     )
-
-
-def test_known_cycles_are_still_there() -> None:
-    """A known cycle that was fixed must leave the list (so it cannot come back unnoticed)."""
-    cycles = find_cycles(import_graph())
-    gone = [c for c in KNOWN_CYCLES if c not in cycles]
-    assert gone == [], f"fixed, remove from KNOWN_CYCLES: {gone}"
 
 
 # ---- output file names ------------------------------------------------------------------------
@@ -188,33 +171,9 @@ def spellings(root: Path = SRC) -> dict[str, set[str]]:
     return found
 
 
-#: Modules that still spell a layout file name themselves (each to leave this list when it
-#: uses the layout); a module that starts spelling one, or a listed one that spells more, fails.
-KNOWN_SPELLINGS: dict[str, set[str]] = {
-    "her2scope.cells.slide": {"cells_agreement.json"},
-    "her2scope.cli.cells": {"cells_agreement.json"},
-    "her2scope.cli.evaluate": {"comparison.csv", "comparison.md", "config.yaml"},
-    "her2scope.cli.predict": {"config.yaml"},
-    "her2scope.evaluate.calibration": {"calibration.json"},
-}
-
-
 def test_output_file_names_are_spelled_only_in_the_layout() -> None:
-    extra = {
-        mod: names - KNOWN_SPELLINGS.get(mod, set())
-        for mod, names in spellings().items()
-        if names - KNOWN_SPELLINGS.get(mod, set())
-    }
-    assert extra == {}, f"use her2scope.layout instead of spelling these names: {extra}"
-
-
-def test_known_spellings_are_still_there() -> None:
-    """A module that now uses the layout must leave KNOWN_SPELLINGS."""
     found = spellings()
-    gone = {
-        m: n - found.get(m, set()) for m, n in KNOWN_SPELLINGS.items() if n - found.get(m, set())
-    }
-    assert gone == {}, f"fixed, remove from KNOWN_SPELLINGS: {gone}"
+    assert found == {}, f"use her2scope.layout instead of spelling these names: {found}"
 
 
 def test_the_spelling_check_sees_a_literal(tmp_path: Path) -> None:

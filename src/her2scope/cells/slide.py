@@ -43,6 +43,7 @@ from her2scope.cells.config import CellConfig
 from her2scope.cells.export import CELL_COLUMNS
 from her2scope.cells.segment import analyse_region, outlines
 from her2scope.errors import ConfigError, Her2ScopeError
+from her2scope.layout import CELLS_AGREEMENT_JSON, CELLS_SUMMARY_CSV
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,8 +57,8 @@ OUTPUT_SUFFIXES: dict[str, str] = {
     "geojson": ".cells.geojson",
     "overlay": ".cells.png",
 }
-SUMMARY_CSV = "cells_summary.csv"
-AGREEMENT_JSON = "cells_agreement.json"
+SUMMARY_CSV = CELLS_SUMMARY_CSV
+AGREEMENT_JSON = CELLS_AGREEMENT_JSON
 #: Longest side of the overlay PNG, px.
 OVERLAY_MAX_PX = 2048
 #: Regions sampled (of SAMPLE_UM, spread over the ROI) to fit the stain vectors when no fitted
@@ -243,7 +244,7 @@ def score_slide_cells(
     from shapely import contains_xy
     from shapely.geometry import box
 
-    from her2scope.scoring.score import slide_id_of
+    from her2scope.layout import slide_id_of
     from her2scope.slide.reader import open_slide
     from her2scope.slide.rois import clip_to_slide, load_rois
 
@@ -436,7 +437,7 @@ class CellsReport:
 
 
 def _resolve_roi(rois: Path | None, slide: Path, n_slides: int) -> Path | None:
-    from her2scope.scoring.score import slide_id_of
+    from her2scope.layout import slide_id_of
     from her2scope.slide.rois import resolve_roi_argument
 
     return resolve_roi_argument(rois, slide_id_of(slide), n_slides, "analysing the whole slide")

@@ -168,7 +168,9 @@ def cells(
     if predict_dir is not None:
         import json
 
-        agree = json.loads((out / "cells_agreement.json").read_text(encoding="utf-8"))
+        from her2scope.layout import CELLS_AGREEMENT_JSON
+
+        agree = json.loads((out / CELLS_AGREEMENT_JSON).read_text(encoding="utf-8"))
         k = agree["kappa_quadratic"]
         typer.echo(
             f"CNN vs cell rules: {agree['n_slides']} slide(s) compared, "

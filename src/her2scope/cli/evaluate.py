@@ -20,8 +20,9 @@ def _run_eval_config(run_dir: Path) -> Any:
     """The run's own evaluate settings (its config.yaml), or the defaults."""
     from her2scope.config import load_config
     from her2scope.evaluate.config import EvaluateConfig
+    from her2scope.layout import RunLayout
 
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = RunLayout(run_dir).config
     if cfg_path.is_file():
         return load_config(cfg_path).evaluate
     return EvaluateConfig()
@@ -136,8 +137,10 @@ def compare(
     patient bootstrap of macro-AUC against the best run; writes comparison.csv and comparison.md."""
     from her2scope._lock import output_lock
     from her2scope.evaluate.compare import compare_runs
+    from her2scope.layout import comparison_paths
 
     with output_lock(out):
         table = compare_runs(runs, out) if level is None else compare_runs(runs, out, level=level)
-    typer.echo((out / "comparison.md").read_text(encoding="utf-8"))
-    typer.echo(f"wrote {out / 'comparison.csv'} and {out / 'comparison.md'} ({len(table)} runs)")
+    csv_path, md_path = comparison_paths(out)
+    typer.echo(md_path.read_text(encoding="utf-8"))
+    typer.echo(f"wrote {csv_path} and {md_path} ({len(table)} runs)")

@@ -187,7 +187,9 @@ def _qc_thresholds(run: Path, settings: list[str]) -> QCConfig | None:
     bad = [s for s in settings if "=" not in s or s.startswith("qc.")]
     if bad:
         raise ConfigError(f"--qc {bad[0]!r}: write KEY=VALUE, e.g. --qc min_tiles=4")
-    cfg_path = run / "config.yaml"
+    from her2scope.layout import RunLayout
+
+    cfg_path = RunLayout(run).config
     base = load_config(cfg_path) if cfg_path.is_file() else RunConfig()
     return apply_overrides(base, [f"qc.{s}" for s in settings]).qc
 

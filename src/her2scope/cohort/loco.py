@@ -9,50 +9,26 @@ trains and evaluates each fold is :func:`her2scope.evaluate.loco.run_leave_one_c
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Final
-
 import pandas as pd
 
 from her2scope.cohort.config import CohortConfig
-from her2scope.cohort.splits import make_splits
-from her2scope.errors import ConfigError, LeakageError
+from her2scope.cohort.splits import (  # the fold rules live with the other split modes
+    LOCO_MODE,
+    centres_of,
+    fold_config,
+    loco_split_of,
+    make_splits,
+)
+from her2scope.errors import LeakageError
 
-LOCO_MODE: Final = "leave_one_center_out"
-
-
-def loco_split_of(patients: pd.DataFrame, cfg: CohortConfig) -> dict[str, str]:
-    """``make_splits`` for ``leave_one_center_out``: with one ``test_centers`` entry, that fold (an
-    external split); with none, every fold is planned and checked and the first centre's returned
-    (what ``validate_all`` needs; the runner trains each fold with :func:`fold_config`)."""
-    from her2scope.cohort.splits import _external
-
-    if len(cfg.test_centers) > 1:
-        raise ConfigError(
-            f"cohort.split_mode=leave_one_center_out holds out one centre at a time; "
-            f"cohort.test_centers={list(cfg.test_centers)} names several (leave it empty)"
-        )
-    if cfg.test_centers:
-        return _external(patients, cfg)
-    folds = [_external(patients, fold_config(cfg, c)) for c in centres_of(patients)]
-    return folds[0]
-
-
-def centres_of(slides: pd.DataFrame) -> list[str]:
-    """The cohort's centres, sorted; at least two are needed to hold one out."""
-    if "center" not in slides:
-        raise ConfigError("leave-one-centre-out needs a 'center' column in the slide table")
-    centres = sorted(slides["center"].astype(str).unique())
-    if len(centres) < 2:
-        raise ConfigError(
-            f"leave-one-centre-out needs at least two centres; the cohort has {centres or 'none'}"
-        )
-    return centres
-
-
-def fold_config(cfg: CohortConfig, centre: str) -> CohortConfig:
-    """The cohort settings of the fold that holds out ``centre`` (an external split)."""
-    return replace(cfg, split_mode=LOCO_MODE, test_centers=(str(centre),))
+__all__ = [
+    "LOCO_MODE",
+    "centres_of",
+    "check_held_out",
+    "fold_config",
+    "loco_split_of",
+    "loco_splits",
+]
 
 
 def check_held_out(splits_df: pd.DataFrame, centre: str) -> None:

@@ -16,7 +16,9 @@ Every mode assigns whole patients, and the result passes :func:`check_no_leakage
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -24,6 +26,8 @@ import pandas as pd
 from her2scope._io import atomic_path
 from her2scope.cohort.config import CohortConfig
 from her2scope.errors import ConfigError, LeakageError, ManifestError
+
+LOCO_MODE: Final = "leave_one_center_out"
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLUMNS: tuple[str, ...] = ("slide_id", "patient_id", "center", "label", "split")
@@ -46,9 +50,7 @@ def make_splits(manifest_df: pd.DataFrame, cfg: CohortConfig) -> pd.DataFrame:
         patients = _patient_table(slides)
         if cfg.split_mode == "external":
             split_of = _external(patients, cfg)
-        elif cfg.split_mode == "leave_one_center_out":
-            from her2scope.cohort.loco import loco_split_of
-
+        elif cfg.split_mode == LOCO_MODE:
             split_of = loco_split_of(patients, cfg)
         elif cfg.split_mode == "kfold":
             split_of = _kfold(patients, cfg)
@@ -256,3 +258,37 @@ def format_split_table(table: pd.DataFrame) -> str:
         cells = ["/".join(str(int(part.loc[c, k])) for k in cols) for c in classes]
         lines.append(f"{split:<6}" + "".join(f"{cell:>22}" for cell in cells))
     return "\n".join(lines)
+
+
+# Leave-one-centre-out (issue 11): the split of one fold; the folds themselves are run by
+# her2scope.cohort.loco / engine.loco.
+def loco_split_of(patients: pd.DataFrame, cfg: CohortConfig) -> dict[str, str]:
+    """``make_splits`` for ``leave_one_center_out``: with one ``test_centers`` entry, that fold (an
+    external split); with none, every fold is planned and checked and the first centre's returned
+    (what ``validate_all`` needs; the runner trains each fold with :func:`fold_config`)."""
+    if len(cfg.test_centers) > 1:
+        raise ConfigError(
+            f"cohort.split_mode=leave_one_center_out holds out one centre at a time; "
+            f"cohort.test_centers={list(cfg.test_centers)} names several (leave it empty)"
+        )
+    if cfg.test_centers:
+        return _external(patients, cfg)
+    folds = [_external(patients, fold_config(cfg, c)) for c in centres_of(patients)]
+    return folds[0]
+
+
+def centres_of(slides: pd.DataFrame) -> list[str]:
+    """The cohort's centres, sorted; at least two are needed to hold one out."""
+    if "center" not in slides:
+        raise ConfigError("leave-one-centre-out needs a 'center' column in the slide table")
+    centres = sorted(slides["center"].astype(str).unique())
+    if len(centres) < 2:
+        raise ConfigError(
+            f"leave-one-centre-out needs at least two centres; the cohort has {centres or 'none'}"
+        )
+    return centres
+
+
+def fold_config(cfg: CohortConfig, centre: str) -> CohortConfig:
+    """The cohort settings of the fold that holds out ``centre`` (an external split)."""
+    return replace(cfg, split_mode=LOCO_MODE, test_centers=(str(centre),))

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from her2scope.errors import ConfigError
+from her2scope.layout import CALIBRATION_JSON
 
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = CALIBRATION_JSON
 #: Temperatures searched (log-uniform bounds); a fit at a bound is reported as such.
 T_BOUNDS = (0.05, 20.0)
 #: Fewer validation tiles than this: no temperature is fitted (T = 1), the reason is recorded.

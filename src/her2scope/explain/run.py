@@ -230,7 +230,7 @@ def explain_scored(
 
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.engine.predict import predict_tiles, resolve_device
-    from her2scope.scoring.score import fit_slide_normalizer
+    from her2scope.stain.slides import fit_slide_normalizer
     from her2scope.tiling import tile_slide
 
     path = Path(scored_json)

@@ -31,9 +31,10 @@ from her2scope.evaluate.calibration import (
     reflex_decision,
     slide_uncertainty,
 )
-from her2scope.layout import RunLayout, TilesLayout
+from her2scope.layout import RunLayout, TilesLayout, slide_id_of
 from her2scope.scoring.qc import QCConfig, run_checks
 from her2scope.scoring.qc import reasons as qc_reasons
+from her2scope.stain.slides import fit_slide_normalizer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -122,15 +123,6 @@ def _merge_summary(path: Path, new: pd.DataFrame) -> pd.DataFrame:
     return merged.reindex(columns=new.columns)
 
 
-def slide_id_of(path: str | Path) -> str:
-    """Slide id = file name without its extension (``.ome.tif`` counts as one extension)."""
-    name = Path(path).name
-    for ext in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return Path(name).stem
-
-
 def aggregate_tiles(
     probs: np.ndarray, classes: Sequence[str], rule: str, percent_threshold: float
 ) -> tuple[np.ndarray, str, np.ndarray]:
@@ -156,26 +148,6 @@ def _resolve_roi(rois: str | Path | None, slide: Path, n_slides: int) -> Path | 
     from her2scope.slide.rois import resolve_roi_argument
 
     return resolve_roi_argument(rois, slide_id_of(slide), n_slides, "tiling the detected tissue")
-
-
-def fit_slide_normalizer(
-    cfg: Any, tiles_df: pd.DataFrame, mpp: float | None = None
-) -> tuple[Any, list[np.ndarray]]:
-    """A stain normaliser fitted on this slide's own tiles (as training did), and those tiles.
-
-    :func:`her2scope.stain.slides.fit_slide_stains` with the run config ``cfg``: the same tiles, at
-    the same (tile) size, as ``her2scope stain fit`` picks for this slide. Fitted even when the run
-    does not normalise (``stain.mode=none``, then in ``preserve_dab`` mode): the QC gates read the
-    fitted stain vectors.
-    """
-    from her2scope.stain.slides import fit_slide_stains
-
-    mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
-    sid = str(tiles_df["slide_id"].iloc[0]) if len(tiles_df) else "?"
-    fit = fit_slide_stains(
-        tiles_df, sid, mode, cfg.stain.reference, cfg.stain.fit_tiles, cfg.tiling.reader, mpp
-    )
-    return fit.normalizer, fit.images
 
 
 @dataclass

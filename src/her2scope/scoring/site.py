@@ -272,7 +272,7 @@ def _site_tiles(run_cfg: Any, slides: Any, workers: int) -> tuple[Any, dict[str,
     """Tile each manifest row as prediction does and fit its stain normaliser on its own tiles."""
     import pandas as pd
 
-    from her2scope.scoring.score import fit_slide_normalizer as _fit_normalizer
+    from her2scope.stain.slides import fit_slide_normalizer as _fit_normalizer
     from her2scope.tiling import tile_slide
 
     parts, norms = [], {}

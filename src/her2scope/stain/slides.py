@@ -271,3 +271,21 @@ def load_normalizers(tiles_dir: str | Path, cfg: StainConfig) -> dict[str, Stain
             f"run `her2scope stain fit {tiles_dir}` or set stain.mode=none"
         )
     return out
+
+
+def fit_slide_normalizer(
+    cfg: Any, tiles_df: Any, mpp: float | None = None
+) -> tuple[Any, list[np.ndarray]]:
+    """A stain normaliser fitted on this slide's own tiles (as training did), and those tiles.
+
+    :func:`her2scope.stain.slides.fit_slide_stains` with the run config ``cfg``: the same tiles, at
+    the same (tile) size, as ``her2scope stain fit`` picks for this slide. Fitted even when the run
+    does not normalise (``stain.mode=none``, then in ``preserve_dab`` mode): the QC gates read the
+    fitted stain vectors.
+    """
+    mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
+    sid = str(tiles_df["slide_id"].iloc[0]) if len(tiles_df) else "?"
+    fit = fit_slide_stains(
+        tiles_df, sid, mode, cfg.stain.reference, cfg.stain.fit_tiles, cfg.tiling.reader, mpp
+    )
+    return fit.normalizer, fit.images
