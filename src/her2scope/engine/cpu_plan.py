@@ -10,6 +10,10 @@ all but one, torch one thread.
 
 Both numbers can be set: ``train.workers`` caps the loader processes, and ``threads`` (or the
 usual ``OMP_NUM_THREADS``) fixes torch's threads, in which case the loader gets the cores left.
+
+Prediction shares the cores the same way between reader threads and compute threads
+(:func:`plan_threads`, used by :mod:`her2scope.engine.infer`). The count of this process's CPUs
+is :func:`her2scope.tiling.scan.cpu_workers` for every plan.
 """
 
 from __future__ import annotations
@@ -79,6 +83,32 @@ def plan_cpu(
         threads = 1
         why = f"{device_type} training: the loader gets the cores, torch one thread"
     return CpuPlan(max(0, workers), threads, share, why)
+
+
+def plan_threads(
+    n_cpus: int, device_type: str, threads: int | None = None, readers: int | None = None
+) -> tuple[int, int]:
+    """``(compute threads, reader threads)`` for ``n_cpus`` cores, together never more than
+    ``n_cpus`` (or than what the caller asked for).
+
+    On a GPU the CPU only reads: one compute thread, the other cores read. On a CPU, one core in
+    four reads (at least one when there are two or more cores) and the rest compute; with a
+    single core the tiles are read between batches. A value the caller gives is kept; given
+    threads, the readers take the cores left (at most their default number); given readers,
+    the compute threads take the cores left (at least one).
+    """
+    n = max(1, int(n_cpus))
+    if device_type != "cpu":
+        t = threads if threads is not None else 1
+        r = readers if readers is not None else max(1, n - 1)
+        return t, r
+    if readers is None:
+        readers = 0 if n == 1 else max(1, n // 4)
+        if threads is not None:
+            readers = max(0, min(readers, n - threads))
+    if threads is None:
+        threads = max(1, n - readers)
+    return threads, readers
 
 
 @contextmanager

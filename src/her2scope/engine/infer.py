@@ -11,7 +11,8 @@ Three ways to run a model on tiles, chosen by :class:`InferenceOptions`:
 
 Pixels are read by reader threads that run ahead of the model (:func:`prefetch_batches`); the
 number of readers and torch's (or ONNX Runtime's) threads are chosen together from the CPUs
-given to the process (:func:`plan_threads`), so the two never ask for more cores than there are.
+given to the process (:func:`her2scope.engine.cpu_plan.plan_threads`), so the two never ask
+for more cores than there are.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from her2scope.engine.cpu_plan import plan_threads
 from her2scope.errors import ConfigError
+from her2scope.tiling.scan import cpu_workers as available_cpus
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +56,7 @@ class InferenceOptions:
     else fp32 with a warning; the record says which ran). ``onnx_path``: the ``.onnx`` file for
     ``backend="onnx"`` (None: ``RUN/checkpoints/best.onnx``). ``threads``: torch's / ONNX
     Runtime's threads; ``readers``: tile-reading threads (0: read in the calling thread); None
-    chooses both from the CPUs (:func:`plan_threads`).
+    chooses both from the CPUs (:func:`her2scope.engine.cpu_plan.plan_threads`).
     """
 
     backend: Backend = "torch"
@@ -81,41 +84,6 @@ class InferenceOptions:
     def fingerprint(self) -> dict[str, Any]:
         """What changes the numbers (not threads or readers): for predict's resume check."""
         return {"backend": self.backend, "precision": self.precision}
-
-
-def available_cpus() -> int:
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def plan_threads(
-    n_cpus: int, device_type: str, threads: int | None = None, readers: int | None = None
-) -> tuple[int, int]:
-    """``(compute threads, reader threads)`` for ``n_cpus`` cores, together never more than
-    ``n_cpus`` (or than what the caller asked for).
-
-    On a GPU the CPU only reads: one compute thread, the other cores read. On a CPU, one core in
-    four reads (at least one when there are two or more cores) and the rest compute; with a
-    single core the tiles are read between batches. A value the caller gives is kept; given
-    threads, the readers take the cores left (at most their default number); given readers,
-    the compute threads take the cores left (at least one).
-    """
-    n = max(1, int(n_cpus))
-    if device_type != "cpu":
-        t = threads if threads is not None else 1
-        r = readers if readers is not None else max(1, n - 1)
-        return t, r
-    if readers is None:
-        readers = 0 if n == 1 else max(1, n // 4)
-        if threads is not None:
-            readers = max(0, min(readers, n - threads))
-    if threads is None:
-        threads = max(1, n - readers)
-    return threads, readers
 
 
 def cpu_bf16_native() -> bool:
