@@ -140,6 +140,11 @@ class RunLayout:
         return self.checkpoint("best")
 
     @property
+    def best_onnx(self) -> Path:
+        """``checkpoints/best.onnx``: ``her2scope export RUN --onnx`` of the best checkpoint."""
+        return self.checkpoint_dir / "best.onnx"
+
+    @property
     def last(self) -> Path:
         return self.checkpoint("last")
 

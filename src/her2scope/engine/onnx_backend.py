@@ -9,7 +9,6 @@ was made from; loading it for a run whose checkpoint has changed since is refuse
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from pathlib import Path
@@ -17,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from her2scope.engine.runinfo import file_sha256  # re-exported for export and predict
 from her2scope.errors import ConfigError
+from her2scope.layout import RunLayout
 
 if TYPE_CHECKING:
     import torch
@@ -35,15 +36,7 @@ OUTPUT_NAME = "logits"
 
 def default_onnx_path(run_dir: str | Path) -> Path:
     """Where ``her2scope export RUN --onnx`` writes, and where ``predict --backend onnx`` looks."""
-    return Path(run_dir) / "checkpoints" / "best.onnx"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return RunLayout(Path(run_dir)).best_onnx
 
 
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
