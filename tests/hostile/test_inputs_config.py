@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.conftest import assert_clean_error, cli, snapshot, writable_copy
+from tests.hostile.harness import assert_clean_error, cli, snapshot, writable_copy
 
 #: (override, what the message must name) — one case per setting named in the issue.
 BAD_SETTINGS = [

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.tiny_pipeline import (
-    TOY_COLOURS,  # noqa: F401 - still imported from here by test_predict/test_explain
     TOY_PATIENTS,
     make_toy_tiles,
     tiny_run_config,
+    train_tiny_run,
 )
 
 
@@ -21,6 +21,12 @@ from tests.integration.tiny_pipeline import (
 def toy_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiles dir of 9 toy slides (4 tiles of 64 px each); treat it as read-only."""
     return make_toy_tiles(tmp_path_factory.mktemp("toy_tiles"), TOY_PATIENTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_scoring_run(tmp_path_factory: pytest.TempPathFactory, toy_tiles: Path) -> Path:
+    """A run folder holding a tiny model trained on the toy tiles (seconds)."""
+    return train_tiny_run(tmp_path_factory.mktemp("tiny_run"), toy_tiles)
 
 
 @pytest.fixture(scope="session")

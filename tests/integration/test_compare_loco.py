@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from her2scope.evaluate.config import EvaluateConfig
-from tests.integration.test_evaluate import _fake_run, _predictions
+from tests.integration.fake_runs import _fake_run, _predictions
 
 
 def test_compare_lists_disjoint_folds_one_row_each(tmp_path: Path) -> None:

@@ -5,16 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-torch = pytest.importorskip("torch")
-
-from tests.integration.test_predict import train_tiny_run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_scoring_run(tmp_path_factory: pytest.TempPathFactory, toy_tiles: Path) -> Path:
-    """A run folder holding a tiny model trained on the toy tiles (seconds)."""
-    return train_tiny_run(tmp_path_factory.mktemp("tiny_run_explain"), toy_tiles)
+import torch
 
 
 def test_explain_split_writes_gallery_and_slide_maps(
@@ -111,7 +102,7 @@ def test_explain_a_slide_scored_by_predict(tiny_scoring_run: Path, tmp_path: Pat
     from her2scope.cli import app
     from her2scope.scoring import score_slides
     from her2scope.slide.write import write_pyramidal_tiff
-    from tests.integration.conftest import TOY_COLOURS
+    from tests.integration.tiny_pipeline import TOY_COLOURS
 
     rng = np.random.default_rng(0)
     img = np.clip(np.array(TOY_COLOURS["3+"], float) + rng.normal(0, 12, (192, 192, 3)), 0, 255)

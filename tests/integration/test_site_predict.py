@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.integration.test_predict import CLASSES, train_tiny_run
+from tests.integration.tiny_pipeline import CLASSES, train_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -108,7 +108,7 @@ def test_train_writes_the_run_dir(toy_tiles: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def separable_tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """9 slides of 36 tiles (32 px) whose class is the tile's colour: separable by design."""
-    from tests.integration.conftest import TOY_PATIENTS, make_toy_tiles
+    from tests.integration.tiny_pipeline import TOY_PATIENTS, make_toy_tiles
 
     out = tmp_path_factory.mktemp("separable")
     return make_toy_tiles(out, TOY_PATIENTS, slide_px=192, tile_px=32, seed=1)

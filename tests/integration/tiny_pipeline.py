@@ -19,6 +19,63 @@ from her2scope.config import RunConfig, apply_overrides
 TOY_COLOURS = {"1+": (200, 170, 190), "2+": (180, 130, 110), "3+": (140, 80, 50)}
 
 
+MODEL = "timm:test_resnet"  # 0.4 M parameters: trains in seconds on CPU
+CLASSES = ("1+", "2+", "3+")
+PX = 64
+
+
+def train_tiny_run(
+    run_dir: Path, tiles_dir: Path, steps: int = 40, stain_mode: str = "none"
+) -> Path:
+    """Train ``MODEL`` on the toy tiles (class = DAB-like colour) and save it as a run."""
+    import torch
+
+    from her2scope.config import RunConfig
+    from her2scope.data.dataset import TileDataset, to_model_input
+    from her2scope.engine.checkpoint import save_checkpoint
+    from her2scope.engine.config import TrainConfig
+    from her2scope.models import create_model, model_preprocessing
+    from her2scope.stain.config import StainConfig
+    from her2scope.tiling.config import TilingConfig
+
+    torch.manual_seed(0)
+    tiles = pd.read_parquet(tiles_dir / "tiles.parquet")
+    ds = TileDataset(tiles, PX)
+    x_u8 = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([CLASSES.index(v) for v in tiles["label"]])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in model_preprocessing(MODEL))
+    model = create_model(MODEL, len(CLASSES))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        flip = torch.rand(()) < 0.5
+        xb = x_u8.flip(-1) if flip else x_u8
+        loss = torch.nn.functional.cross_entropy(model(to_model_input(xb, mean, std)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cfg = RunConfig(
+        synthetic=True,
+        tiling=TilingConfig(tile_px=PX),
+        stain=StainConfig(mode=stain_mode),
+        train=TrainConfig(models=(MODEL,), input_px=PX, pretrained=False),
+    )
+    save_checkpoint(
+        run_dir / "checkpoints" / "best.pt",
+        model=model.eval(),
+        model_name=MODEL,
+        classes=CLASSES,
+        config=cfg,
+        input_px=PX,
+        tiles_dir=tiles_dir,
+        epoch=1,
+    )
+    splits = tiles.drop_duplicates("slide_id")[["slide_id", "patient_id", "center", "label"]]
+    splits = splits.assign(split=np.where(splits["center"] == "B", "test", "train"))
+    splits.to_csv(run_dir / "splits.csv", index=False)
+    return run_dir
+
+
 def make_toy_tiles(
     out_dir: Path,
     patients: list[tuple[str, str, str]],

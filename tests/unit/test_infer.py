@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from her2scope.engine.infer import (  # noqa: E402
+from her2scope.engine.infer import (
     InferenceOptions,
     Predictor,
     cpu_bf16_native,
@@ -165,8 +164,10 @@ def test_threads_and_readers_never_exceed_the_cpus(n: int) -> None:
 
 def test_threads_plan_on_one_and_two_cores() -> None:
     assert plan_threads(1, "cpu") == (1, 0)
-    assert plan_threads(2, "cpu") == (1, 1)
-    assert plan_threads(8, "cpu") == (6, 2)
+    assert plan_threads(2, "cpu") == (2, 0)  # the model needs both cores; read between batches
+    assert plan_threads(8, "cpu") == (7, 1)
+    assert plan_threads(16, "cpu") == (14, 2)
+    assert plan_threads(2, "cpu", readers=1) == (1, 1)  # readers asked for: compute gets the rest
     assert plan_threads(8, "cuda") == (1, 7)
 
 
