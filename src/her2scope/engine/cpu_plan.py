@@ -91,9 +91,12 @@ def plan_threads(
     """``(compute threads, reader threads)`` for ``n_cpus`` cores, together never more than
     ``n_cpus`` (or than what the caller asked for).
 
-    On a GPU the CPU only reads: one compute thread, the other cores read. On a CPU, one core in
-    four reads (at least one when there are two or more cores) and the rest compute; with a
-    single core the tiles are read between batches. A value the caller gives is kept; given
+    On a GPU the CPU only reads: one compute thread, the other cores read. On a CPU the model
+    is what limits prediction, so, as in training, one reader thread per
+    :data:`CORES_PER_LOADER_WORKER` cores and the rest compute; below that the tiles are read
+    between batches. Measured on 2 cores (``bench_predict.py --paths old,default,inline,oversub``):
+    1 compute + 1 reader thread ran the prediction step at 0.68x the bare forward at 512 px,
+    2 compute threads reading between batches at 1.11x. A value the caller gives is kept; given
     threads, the readers take the cores left (at most their default number); given readers,
     the compute threads take the cores left (at least one).
     """
@@ -103,7 +106,7 @@ def plan_threads(
         r = readers if readers is not None else max(1, n - 1)
         return t, r
     if readers is None:
-        readers = 0 if n == 1 else max(1, n // 4)
+        readers = n // CORES_PER_LOADER_WORKER
         if threads is not None:
             readers = max(0, min(readers, n - threads))
     if threads is None:
