@@ -29,8 +29,9 @@ def _ihc_like(seed: int, n: int = 40_000) -> np.ndarray:
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-def test_colour_counts_are_exact() -> None:
-    px = _ihc_like(0)
+@pytest.mark.parametrize("n", [40_000, 1 << 20])  # both ways of counting (sort, histogram)
+def test_colour_counts_are_exact(n: int) -> None:
+    px = _ihc_like(0, n)
     colours, counts = colour_counts(px)
     assert counts.sum() == len(px)
     assert len(np.unique(colours, axis=0)) == len(colours)

@@ -250,10 +250,14 @@ def colour_counts(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cost: a fit pools millions of pixels, IHC tiles hold tens of thousands of distinct colours.
     """
     code = (px[:, 0].astype(np.int32) << 16) | (px[:, 1].astype(np.int32) << 8) | px[:, 2]
-    counts = np.bincount(code, minlength=1 << 24)
-    present = np.flatnonzero(counts)
+    if len(code) < 1 << 20:  # small inputs: a sort beats filling a 2^24-bin (128 MB) histogram
+        present, counts = np.unique(code, return_counts=True)
+    else:  # millions of pixels: one pass into the histogram beats the sort
+        counts = np.bincount(code, minlength=1 << 24)
+        present = np.flatnonzero(counts)
+        counts = counts[present]
     colours = np.stack([present >> 16, (present >> 8) & 255, present & 255], axis=1)
-    return colours.astype(np.uint8), counts[present]
+    return colours.astype(np.uint8), counts.astype(np.int64)
 
 
 def weighted_percentile(values: np.ndarray, counts: np.ndarray, q: float) -> float:
