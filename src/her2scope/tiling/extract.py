@@ -20,10 +20,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from her2scope._io import atomic_path, write_json
 from her2scope._progress import track
@@ -39,8 +38,11 @@ from her2scope.tiling.config import TilingConfig
 from her2scope.tiling.grid import TileGeometry, n_grid, plan_geometry
 from her2scope.tiling.manifest import SlideEntry, entries_from_paths, read_tiling_manifest
 from her2scope.tiling.qc import draw_qc
-from her2scope.tiling.scan import ScanResult, cpu_workers, make_pool, scan_positions
+from her2scope.tiling.scan import ScanResult, cpu_workers, make_pool, start_scan
 from her2scope.tiling.table import COPIED_COLUMNS, TILE_COLUMNS, empty_tile_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "COUNT_KEYS",
@@ -115,10 +117,14 @@ def tile_slide(
     for w in plan.warnings:
         log.warning("slide '%s': %s", slide_id, w)
     c = plan.candidates
-    scan = scan_positions(
+    with start_scan(
         slide_path, mpp, cfg.reader, cfg.white_level, plan.geo, c.xs, c.ys, slide_id,
         workers, executor, export_dir, show_progress,
-    )  # fmt: skip
+    ) as pending:  # fmt: skip
+        # pandas (~0.3 s to import) loads while the workers read, not before or after them
+        import pandas  # noqa: F401
+
+        scan = pending.result()
     kept = ~scan.errors & (scan.white <= cfg.max_white)
     df = _tile_table(slide_id, slide_path, plan, scan, kept, extra_columns)
     sidecar = _sidecar(slide_id, slide_path, plan, scan, kept, cfg, roi_path)
@@ -188,6 +194,8 @@ def _tile_table(
     kept: np.ndarray,
     extra_columns: dict[str, Any] | None,
 ) -> pd.DataFrame:
+    import pandas as pd
+
     geo, c = plan.geo, plan.candidates
     extra = dict(extra_columns or {})
     df = pd.DataFrame(
@@ -383,6 +391,8 @@ def tile_entries(
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    import pandas as pd  # loaded by now, while the first slide's tiles were read
+
     table = pd.concat(frames, ignore_index=True) if frames else empty_tile_table()
     tiles_path = layout.table
     with atomic_path(tiles_path) as tmp:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from itertools import pairwise
@@ -131,43 +132,107 @@ def scan_positions(
     ``workers > 1`` reads in that many processes (or pass a shared ``executor``);
     ``export_dir`` also writes each tile read as ``<slide_id>_x<x>_y<y>.png`` there.
     """
+    with start_scan(
+        slide_path, mpp, reader, white_level, geo, xs, ys, slide_id,
+        workers, executor, export_dir, show_progress,
+    ) as pending:  # fmt: skip
+        return pending.result()
+
+
+def start_scan(
+    slide_path: Path,
+    mpp: float | None,
+    reader: str,
+    white_level: int,
+    geo: TileGeometry,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    slide_id: str,
+    workers: int = 1,
+    executor: Executor | None = None,
+    export_dir: str | Path | None = None,
+    show_progress: bool = True,
+) -> PendingScan:
+    """:func:`scan_positions` in two steps: hand the reads to the workers now, collect them with
+    :meth:`PendingScan.result`, so this process can do other work while they read.
+
+    Use as a context manager: leaving it stops a pool made here. With no executor and
+    ``workers <= 1`` nothing is read until :meth:`~PendingScan.result`.
+    """
     n = len(xs)
-    white = np.full(n, np.nan)
-    err = np.zeros(n, bool)
-    if n == 0:
-        return ScanResult(white, err, "")
     exp = str(export_dir) if export_dir is not None else None
-    if exp is not None:
+    if exp is not None and n:
         Path(exp).mkdir(parents=True, exist_ok=True)
     # enough chunks to keep every worker busy, few enough to keep per-chunk costs small
     chunk = max(8, min(_CHUNK, math.ceil(n / (4 * max(1, workers)))))
-    spans = list(pairwise([*range(0, n, chunk), n]))
+    spans = list(pairwise([*range(0, n, chunk), n])) if n else []
     jobs = [
         _Job(str(slide_path), mpp, reader, geo.level, geo.read_px, geo.tile_px, white_level,
              xs[a:b], ys[a:b], exp, slide_id)
         for a, b in spans
     ]  # fmt: skip
     own_pool = None
-    if executor is None and workers > 1:
+    if executor is None and workers > 1 and jobs:
         own_pool = executor = make_pool(workers)
-    try:
-        results = map(_run_job, jobs) if executor is None else executor.map(_run_job, jobs)
+    # Executor.map submits every job at once: the workers start reading here
+    results = map(_run_job, jobs) if executor is None else executor.map(_run_job, jobs)
+    return PendingScan(n, spans, results, f"tiling {slide_id}", show_progress,
+                       in_process=executor is None, own_pool=own_pool)  # fmt: skip
+
+
+class PendingScan:
+    """The reads of one slide, handed out by :func:`start_scan`; :meth:`result` collects them."""
+
+    def __init__(
+        self,
+        n: int,
+        spans: list[tuple[int, int]],
+        results: Iterator[tuple[np.ndarray, np.ndarray, str]],
+        desc: str,
+        show_progress: bool,
+        in_process: bool,
+        own_pool: Executor | None,
+    ) -> None:
+        self._n, self._spans, self._results = n, spans, results
+        self._desc, self._show_progress = desc, show_progress
+        self._in_process, self._own_pool = in_process, own_pool
+        self._done: ScanResult | None = None
+
+    def result(self) -> ScanResult:
+        """Wait for every read (reading them here when there are no workers)."""
+        if self._done is not None:
+            return self._done
+        white = np.full(self._n, np.nan)
+        err = np.zeros(self._n, bool)
         first = ""
-        desc = f"tiling {slide_id}"
-        for (a, b), (w, e, f) in zip(
-            spans,
-            track(results, desc, total=len(jobs), disable=None if show_progress else True),
-            strict=True,
-        ):
-            white[a:b] = w
-            err[a:b] = e
-            first = first or f
-    finally:
-        if executor is None:
+        try:
+            for (a, b), (w, e, f) in zip(
+                self._spans,
+                track(self._results, self._desc, total=len(self._spans),
+                      disable=None if self._show_progress else True),
+                strict=True,
+            ):  # fmt: skip
+                white[a:b] = w
+                err[a:b] = e
+                first = first or f
+        finally:
+            self.close()
+        self._done = ScanResult(white, err, first)
+        return self._done
+
+    def close(self) -> None:
+        """Release what the scan holds: slides opened in this process, a pool made for it."""
+        if self._in_process:
             _release_slides()
-        if own_pool is not None:
-            own_pool.shutdown()
-    return ScanResult(white, err, first)
+        if self._own_pool is not None:
+            self._own_pool.shutdown(cancel_futures=True)
+            self._own_pool = None
+
+    def __enter__(self) -> PendingScan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def make_pool(workers: int) -> Executor:
