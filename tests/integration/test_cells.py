@@ -186,3 +186,23 @@ def test_blank_slide_gives_no_cells_and_no_call(tmp_path: Path, fill: tuple[int,
     assert len(pd.read_parquet(tmp_path / "out" / "blank.cells.parquet")) == 0
     fc = json.loads((tmp_path / "out" / "blank.cells.geojson").read_text())
     assert fc["features"] == []
+
+
+def test_run_stain_scope_gives_every_slide_the_same_vectors(cohort: Path, tmp_path: Path) -> None:
+    # a HER2 0 slide holds too little DAB to pin the DAB vector: fitted per slide its vectors
+    # (hence its DAB gain) differ from the 3+ slide's; fitted once for the run they are the same
+    man = _slides(cohort)
+    slides = [cohort / p for p in man["slide_path"]]
+    ids = list(man["slide_id"])
+
+    def matrices(out: Path, scope: str) -> list[dict]:
+        report = run_cells(slides, out, rois=cohort / "rois", cfg=CellConfig(stain_scope=scope))
+        assert report.failures == []
+        return [json.loads(output_paths(out, i)["summary"].read_text())["stain"] for i in ids]
+
+    per_slide = matrices(tmp_path / "slide", "slide")
+    per_run = matrices(tmp_path / "run", "run")
+    assert [s["source"] for s in per_run] == ["run", "run"]
+    assert per_run[0]["stain_matrix"] == per_run[1]["stain_matrix"]
+    assert "2 slide(s)" in per_run[0]["reason"]
+    assert per_slide[0]["stain_matrix"] != per_slide[1]["stain_matrix"]

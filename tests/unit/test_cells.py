@@ -302,3 +302,57 @@ def test_fit_dab_scale_recovers_a_weak_assay(tmp_path) -> None:
     assert b["plateau"][0] <= 2.0 <= b["plateau"][1]  # the weak assay needs about 2×
     assert b["kappa_before"] < 1.0
     assert json.loads((tmp_path / "cells_fit.json").read_text())["centers"]["B"]["dab_scale"] > 1.2
+
+
+def ring_field(mpp: float, halfwidth_um: float, od: float, size_um: float = 120.0) -> np.ndarray:
+    """Nine round cells (nucleus 3.5 µm) with a full membrane ring at 7 µm, rendered at ``mpp``:
+    DAB OD ``od`` on the ring, falling off as exp(−(d / halfwidth_um)²) across it."""
+    n = round(size_um / mpp)
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) * np.float32(mpp)
+    h = np.full((n, n), 0.04, np.float32)
+    d = np.zeros((n, n), np.float32)
+    for cy in (20.0, 60.0, 100.0):
+        for cx in (20.0, 60.0, 100.0):
+            r = np.hypot(xx - cx, yy - cy)
+            h[r < 3.5] = 0.55
+            d = np.maximum(d, od * np.exp(-(((r - 7.0) / halfwidth_um) ** 2)))
+    return render(h, d)
+
+
+@pytest.mark.parametrize("od", [0.15, 0.4])
+def test_thin_membrane_at_native_resolution_reads_like_a_thick_one(od: float) -> None:
+    # the membrane's peak along its normal (ring means of each sector, averaged along the
+    # membrane) does not depend on how thick the membrane is once it is resolved: a 0.8 µm
+    # membrane scanned at 0.25 µm/px reads as a 2 µm one at 0.5 µm/px of the same OD
+    cfg = CellConfig(membrane_smooth_um=0.0)
+    thick = analyse_region(ring_field(0.5, 1.0, od), RJ, 0.5, cfg)
+    thin = analyse_region(ring_field(0.25, 0.4, od), RJ, 0.25, cfg)
+    assert thick.n == thin.n == 9
+    np.testing.assert_allclose(np.median(thin.membrane_od_p90), od, rtol=0.1)
+    np.testing.assert_allclose(
+        np.median(thin.membrane_od_p90), np.median(thick.membrane_od_p90), rtol=0.05
+    )
+    assert (thin.completeness == 1).all() and (thick.completeness == 1).all()
+    # averaged onto 0.5 µm pixels in RGB, the same thin membrane reads lower: why a slide
+    # scanned finer than target_mpp is analysed at its own resolution
+    rgb = cv2.resize(ring_field(0.25, 0.4, od), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    resampled = analyse_region(rgb, RJ, 0.5, cfg)
+    assert np.median(resampled.membrane_od_p90) < 0.9 * np.median(thin.membrane_od_p90)
+
+
+def test_analysis_mpp_is_the_slides_own_when_finer() -> None:
+    from her2scope.cells.slide import analysis_mpp, at_analysis_mpp
+
+    cfg = CellConfig()  # target 0.5, finest 0.25
+    assert analysis_mpp(0.5, cfg) == 0.5
+    assert analysis_mpp(1.0, cfg) == 0.5  # coarser slides are still read at target_mpp
+    assert analysis_mpp(0.25, cfg) == 0.25
+    assert analysis_mpp(0.12, cfg) == 0.25  # not finer than finest_mpp
+    assert analysis_mpp(0.25, CellConfig(finest_mpp=0.5)) == 0.5  # resampling as before
+    fine = at_analysis_mpp(cfg, 0.25)
+    assert fine.target_mpp == 0.25
+    # a region holds as many pixels as at target_mpp: memory stays bounded
+    assert fine.region_um / fine.target_mpp == cfg.region_um / cfg.target_mpp
+    assert at_analysis_mpp(cfg, 0.5) is cfg
+    with pytest.raises(ConfigError, match="finest_mpp"):
+        CellConfig(finest_mpp=0.6)

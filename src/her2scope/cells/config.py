@@ -7,7 +7,7 @@ areas in µm², never pixels, so the same settings work at any scan resolution.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -35,12 +35,26 @@ class CellConfig:
     ] = False
     # reading
     target_mpp: Annotated[Positive, Field(description="µm/px the slide is analysed at")] = 0.5
+    finest_mpp: Annotated[
+        Positive,
+        Field(
+            description="a slide scanned finer than target_mpp is analysed at its own µm/px, "
+            "down to this (thin membranes are not averaged away); = target_mpp: always resample"
+        ),
+    ] = 0.25
     region_um: Annotated[
         Positive, Field(description="side of one read region (bounded memory)")
     ] = 1024.0
     halo_um: Annotated[
         float, Field(ge=0, description="overlap read around a region so border cells are whole")
     ] = 24.0
+    stain_scope: Annotated[
+        Literal["slide", "run"],
+        Field(
+            description="stain vectors fitted per slide, or once on all slides of the run "
+            "(one centre's slides: its assay's vectors, the same DAB gain on every slide)"
+        ),
+    ] = "slide"
     # nuclei (hematoxylin channel)
     nucleus_h_od: Annotated[
         Positive,
@@ -64,6 +78,10 @@ class CellConfig:
     band_um: Annotated[
         Positive, Field(description="half-width of the membrane band around a cell's boundary")
     ] = 1.5
+    membrane_smooth_um: Annotated[
+        float,
+        Field(ge=0, description="Gaussian σ on DAB OD before membranes are measured"),
+    ] = 0.2
     n_sectors: Annotated[
         int, Field(ge=4, le=64, description="angular sectors of the membrane for completeness")
     ] = 16
@@ -76,7 +94,7 @@ class CellConfig:
     od_weak: Annotated[
         float, Field(description="membrane OD from which a cell is weak/moderate")
     ] = 0.17
-    od_strong: Annotated[float, Field(description="membrane OD from which a cell is strong")] = 0.39
+    od_strong: Annotated[float, Field(description="membrane OD from which a cell is strong")] = 0.42
     complete_min: Annotated[
         float, Field(gt=0, le=1, description="share of stained sectors of a complete membrane")
     ] = 0.65
@@ -106,6 +124,14 @@ class CellConfig:
                     "cells.nucleus_max_area_um2",
                     f"cells.nucleus_max_area_um2={self.nucleus_max_area_um2}: must exceed "
                     f"cells.nucleus_min_area_um2 ({self.nucleus_min_area_um2})",
+                )
+            )
+        if self.finest_mpp > self.target_mpp:
+            out.append(
+                (
+                    "cells.finest_mpp",
+                    f"cells.finest_mpp={self.finest_mpp}: must not exceed cells.target_mpp "
+                    f"({self.target_mpp})",
                 )
             )
         if not 0 < self.od_faint < self.od_weak < self.od_strong:

@@ -143,6 +143,21 @@ class _Plan:
     scale0: float  # level-0 px per analysis px
 
 
+def analysis_mpp(slide_mpp: float, cfg: CellConfig) -> float:
+    """µm/px a slide scanned at ``slide_mpp`` is analysed at: ``cfg.target_mpp``, or the slide's
+    own resolution when finer, but not finer than ``cfg.finest_mpp``."""
+    return max(min(float(cfg.target_mpp), float(slide_mpp)), float(cfg.finest_mpp))
+
+
+def at_analysis_mpp(cfg: CellConfig, slide_mpp: float) -> CellConfig:
+    """``cfg`` with ``target_mpp`` set to :func:`analysis_mpp`, and ``region_um`` shrunk by the
+    same factor so a region holds as many pixels (bounded memory) as at ``cfg.target_mpp``."""
+    mpp = analysis_mpp(slide_mpp, cfg)
+    if mpp == cfg.target_mpp:
+        return cfg
+    return dataclasses.replace(cfg, target_mpp=mpp, region_um=cfg.region_um * mpp / cfg.target_mpp)
+
+
 def _plan(slide: Any, cfg: CellConfig) -> _Plan:
     from her2scope.tiling.grid import plan_geometry
 
@@ -231,13 +246,15 @@ def score_slide_cells(
     mpp: float | None = None,
     roi_classes: Sequence[str] | None = None,
     slide_id: str | None = None,
+    run_stain: tuple[np.ndarray, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Find, measure and class the cells of one slide inside its ROI; write the four outputs.
 
     Without ROI the whole slide is analysed (regions that are almost all glass are skipped).
     ``tiles_dir`` points at a tiling output whose ``slides/<slide_id>.json`` holds the stain fit
     of ``her2scope stain fit``; without it the stain vectors are fitted on the slide's own
-    regions. Returns the summary written to ``<slide_id>.cells.json``. Raises
+    regions. ``run_stain`` (stain vectors and their provenance, from :func:`fit_run_stain`)
+    overrides both. Returns the summary written to ``<slide_id>.cells.json``. Raises
     :class:`ConfigError` when an output would replace an input, and :class:`SlideError` /
     :class:`RoiError` for unreadable inputs.
     """
@@ -246,9 +263,8 @@ def score_slide_cells(
 
     from her2scope.layout import slide_id_of
     from her2scope.slide.reader import open_slide
-    from her2scope.slide.rois import clip_to_slide, load_rois
 
-    cfg = cfg or CellConfig()
+    user_cfg = cfg or CellConfig()
     slide_path = Path(slide_path)
     slide_id = slide_id or slide_id_of(slide_path)  # a manifest's id, else the file's
     tiles = Path(tiles_dir) if tiles_dir is not None else None
@@ -260,18 +276,8 @@ def score_slide_cells(
 
     with open_slide(slide_path, mpp=mpp) as slide:
         width, height = slide.dimensions
-        roi = None
-        notes: list[str] = []
-        if roi_path is not None:
-            roi, notes = clip_to_slide(load_rois(roi_path, roi_classes), width, height)
-            for note in notes:
-                log.warning("%s: %s", slide_id, note)
-            if roi is None:
-                raise Her2ScopeError(
-                    f"slide '{slide_path}': the ROI file '{roi_path}' holds no usable ROI "
-                    "inside the slide; check the file or run without --roi"
-                )
-        area = roi if roi is not None else box(0, 0, width, height)
+        cfg = at_analysis_mpp(user_cfg, float(slide.mpp[0]))
+        roi, notes, area = _analysed_area(slide, slide_path, slide_id, roi_path, roi_classes)
         plan = _plan(slide, cfg)
         origins = _region_origins(width, height, plan.step0, area.bounds)
         origins = [
@@ -280,9 +286,13 @@ def score_slide_cells(
 
         # a fixed sample of the area (independent of the region size): stain vectors (the
         # sidecar's, else fitted on it, else the reference) and the slide's nucleus threshold
-        stain_obj = _read_sidecar_stain(tiles, slide_id)
         sample = _sample(slide, area, cfg, width, height)
-        stain_matrix, stain_info = load_stain_matrix(stain_obj, sample)
+        if run_stain is not None:
+            stain_matrix, stain_info = run_stain
+        else:
+            stain_matrix, stain_info = load_stain_matrix(
+                _read_sidecar_stain(tiles, slide_id), sample
+            )
         h_threshold = _slide_h_threshold(sample, stain_matrix, cfg)
         del sample
 
@@ -362,11 +372,12 @@ def score_slide_cells(
         "n_regions": len(origins),
         "n_regions_glass": n_skipped,
         "mpp": [float(slide.mpp[0]), float(slide.mpp[1])],
-        "target_mpp": cfg.target_mpp,
+        "target_mpp": user_cfg.target_mpp,
+        "analysis_mpp": cfg.target_mpp,
         "stain": {**stain_info, "stain_matrix": np.round(stain_matrix, 6).tolist()},
         "nucleus_h_threshold": round(h_threshold, 6),
         "roi_notes": notes,
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(user_cfg),
         "outputs": {k: p.name for k, p in outs.items()},
         "note": NOT_A_DEVICE,
     }
@@ -375,6 +386,74 @@ def score_slide_cells(
     write_png(outs["overlay"], overlay)
     write_json(outs["summary"], summary)
     return summary
+
+
+def _analysed_area(
+    slide: Any,
+    slide_path: Path,
+    slide_id: str,
+    roi_path: str | Path | None,
+    roi_classes: Sequence[str] | None,
+) -> tuple[Any, list[str], Any]:
+    """The slide's ROI (None without one), the notes of clipping it, and the area to analyse."""
+    from shapely.geometry import box
+
+    from her2scope.slide.rois import clip_to_slide, load_rois
+
+    width, height = slide.dimensions
+    if roi_path is None:
+        return None, [], box(0, 0, width, height)
+    roi, notes = clip_to_slide(load_rois(roi_path, roi_classes), width, height)
+    for note in notes:
+        log.warning("%s: %s", slide_id, note)
+    if roi is None:
+        raise Her2ScopeError(
+            f"slide '{slide_path}': the ROI file '{roi_path}' holds no usable ROI "
+            "inside the slide; check the file or run without --roi"
+        )
+    return roi, notes, roi
+
+
+#: Every RUN_STAIN_STEP-th pixel (each axis) of each slide's sample goes into a run's stain fit.
+RUN_STAIN_STEP = 4
+
+
+def fit_run_stain(
+    jobs: Sequence[tuple[Path, Path | None]], cfg: CellConfig, mpp: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """One set of stain vectors for all the slides of a run (``cfg.stain_scope == "run"``).
+
+    A centre's H and DAB vectors belong to its assay and scanner, not to a slide; fitted per
+    slide, a HER2 0 or 1+ slide holds too little DAB to pin the DAB vector, and the fitted
+    vector, hence the DAB gain, changes from slide to slide with the grade — which no
+    per-centre ``dab_scale`` can undo. Here the sample of every slide (``jobs``: slide and ROI
+    paths), thinned to every RUN_STAIN_STEP-th pixel, is pooled into one fit. Returns None when
+    that fit fails (each slide then fits its own).
+    """
+    from her2scope.layout import slide_id_of
+    from her2scope.slide.reader import open_slide
+    from her2scope.stain import StainNormalizer
+
+    pooled: list[np.ndarray] = []
+    for path, roi_path in jobs:
+        with open_slide(path, mpp=mpp) as slide:
+            width, height = slide.dimensions
+            _, _, area = _analysed_area(slide, path, slide_id_of(path), roi_path, None)
+            scfg = at_analysis_mpp(cfg, float(slide.mpp[0]))
+            for rgb in _sample(slide, area, scfg, width, height):
+                pooled.append(np.ascontiguousarray(rgb[::RUN_STAIN_STEP, ::RUN_STAIN_STEP]))
+    if not pooled:
+        return None
+    norm = StainNormalizer()
+    norm.fit(pooled)
+    if norm.stain_matrix is None:
+        log.warning("run stain fit failed (%s); each slide fits its own", norm.reason)
+        return None
+    why = f"fitted once for the run on {len(pooled)} region(s) of {len(jobs)} slide(s)"
+    return norm.stain_matrix, {
+        "source": "run",
+        "reason": f"{why}; {norm.reason}" if norm.reason else why,
+    }
 
 
 #: The per-cell measurement arrays (the numeric leading columns of CELL_COLUMNS).
@@ -443,10 +522,22 @@ def _resolve_roi(rois: Path | None, slide: Path, n_slides: int) -> Path | None:
     return resolve_roi_argument(rois, slide_id_of(slide), n_slides, "analysing the whole slide")
 
 
-def _one(job: tuple[str, str | None, str, dict[str, Any], str | None, float | None]) -> Any:
-    slide, roi, out, cfg_d, tiles, mpp = job
+def _one(
+    job: tuple[
+        str,
+        str | None,
+        str,
+        dict[str, Any],
+        str | None,
+        float | None,
+        tuple[np.ndarray, dict[str, Any]] | None,
+    ],
+) -> Any:
+    slide, roi, out, cfg_d, tiles, mpp, run_stain = job
     try:
-        return score_slide_cells(slide, out, roi, CellConfig(**cfg_d), tiles, mpp)
+        return score_slide_cells(
+            slide, out, roi, CellConfig(**cfg_d), tiles, mpp, run_stain=run_stain
+        )
     except Her2ScopeError as exc:
         return exc
     except Exception as exc:  # a bug or a library failure: report it, go on with other slides
@@ -484,16 +575,21 @@ def run_cells(
         raise ConfigError("no slides given")
     out = Path(out_dir)
     roi_dir = Path(rois) if rois is not None else None
+    slide_rois = [(p, _resolve_roi(roi_dir, p, len(paths))) for p in paths]
+    run_stain = None
+    if cfg.stain_scope == "run" and tiles_dir is None and len(paths) > 1:
+        run_stain = fit_run_stain(slide_rois, cfg, mpp)
     jobs = [
         (
             str(p),
-            None if (r := _resolve_roi(roi_dir, p, len(paths))) is None else str(r),
+            None if r is None else str(r),
             str(out),
             dataclasses.asdict(cfg),
             None if tiles_dir is None else str(tiles_dir),
             mpp,
+            run_stain,
         )
-        for p in paths
+        for p, r in slide_rois
     ]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
