@@ -356,3 +356,69 @@ def test_analysis_mpp_is_the_slides_own_when_finer() -> None:
     assert at_analysis_mpp(cfg, 0.5) is cfg
     with pytest.raises(ConfigError, match="finest_mpp"):
         CellConfig(finest_mpp=0.6)
+
+
+def test_fit_dab_scale_matched_to_a_reference_is_pinned_without_3plus(tmp_path) -> None:
+    import dataclasses
+
+    import pandas as pd
+
+    from her2scope.cells.export import cells_frame
+    from her2scope.cells.fit import fit_dab_scale, matched_scale
+
+    rng = np.random.default_rng(2)
+    cfg = CellConfig()
+    n0 = cfg.dab_noise_od
+    mix = {"0": (0, 0, 0.0), "1+": (0, 0.02, 0.6), "2+": (0.02, 0.5, 0.3), "3+": (0.6, 0.2, 0.1)}
+    od_of = {"strong": 0.8, "wm": 0.28, "faint": 0.1, "none": 0.02}
+    assay = 0.3  # centre W shows 0.3× the DAB of the reference R; it has no 3+ slide
+    rows = []
+    for centre, gain, grades in (
+        ("R", 1.0, ("0", "1+", "2+", "3+")),
+        ("W", assay, ("0", "1+", "2+")),
+    ):
+        for grade in grades:
+            s, w, f = mix[grade]
+            n = 400
+            kind = rng.choice(["strong", "wm", "faint", "none"], n, p=[s, w, f, 1 - s - w - f])
+            true_od = np.array([od_of[k] for k in kind]) * rng.uniform(0.9, 1.1, n)
+            measured = np.where(true_od > n0, n0 + gain * (true_od - n0), true_od)
+            sid = f"{centre}_{grade.strip('+')}"
+            arrays = {
+                k: np.zeros(n, np.float32)
+                for k in ("x", "y", "nucleus_area_um2", "nucleus_h_od", "membrane_od_mean")
+            }
+            arrays["membrane_od_p90"] = measured.astype(np.float32)
+            arrays["completeness"] = np.where(kind == "faint", 0.5, 0.95).astype(np.float32)
+            arrays["intensity_idx"] = np.zeros(n, int)
+            arrays["pattern_idx"] = np.zeros(n, int)
+            cells_frame(arrays).to_parquet(tmp_path / f"{sid}.cells.parquet")
+            (tmp_path / f"{sid}.cells.json").write_text(
+                json.dumps({"config": dataclasses.asdict(cfg)})
+            )
+            rows.append({"slide_id": sid, "center": centre, "label": grade})
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    # slide calls alone: a wide plateau (no 3+ slide says where W's 2+ would turn 3+)
+    plain = fit_dab_scale(tmp_path / "manifest.csv", tmp_path, tmp_path / "plain.json")
+    w = plain["centers"]["W"]
+    assert w["kappa_after"] == pytest.approx(1.0) and w["method"] == "plateau middle"
+    lo, hi = w["plateau"]
+    assert lo <= 1 / assay <= hi and hi / lo > 2.0
+    # matched to the reference's cells: the factor of the assay, well inside the plateau
+    ref_cfg = dataclasses.replace(cfg, calibration_reference="R")
+    res = fit_dab_scale(tmp_path / "manifest.csv", tmp_path, tmp_path / "m.json", ref_cfg)
+    w = res["centers"]["W"]
+    assert w["method"] == "matched to centre R" and w["kappa_after"] == pytest.approx(1.0)
+    assert w["dab_scale"] == pytest.approx(1 / assay, rel=0.03)
+    # 3+ is absent; W's 1+ top decile (faint membranes at 0.3×) is within the noise
+    assert set(w["matched_per_grade"]) == {"2+"}
+    assert res["centers"]["R"]["method"] == "plateau middle"
+    # grades within the noise say nothing
+    assert matched_scale({1: np.full(5, 0.05)}, {1: np.full(5, 0.3)}, n0) == (None, {})
+    with pytest.raises(ConfigError, match="calibration_reference 'Q'"):
+        fit_dab_scale(
+            tmp_path / "manifest.csv",
+            tmp_path,
+            tmp_path / "q.json",
+            dataclasses.replace(cfg, calibration_reference="Q"),
+        )

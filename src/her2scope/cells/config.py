@@ -102,6 +102,13 @@ class CellConfig:
         Positive,
         Field(description="per-centre factor on membrane DAB OD above the noise floor"),
     ] = 1.0
+    calibration_reference: Annotated[
+        str | None,
+        Field(
+            description="cells-fit: the centre the thresholds were set at; other centres' "
+            "factors are matched to its cells (else: the middle of the best-κ plateau)"
+        ),
+    ] = None
     dab_noise_od: Annotated[
         float,
         Field(ge=0, description="OD of unstained membranes (noise): dab_scale does not stretch it"),

@@ -3,9 +3,15 @@ thresholds from per-cell ground truth.
 
 A centre whose DAB looks stronger or weaker than the one the thresholds were set at (antibody lot,
 DAB development time, scanner) shifts every membrane OD by a factor; fitting that one factor per
-centre on a few labelled slides is the per-centre calibration. The factor is chosen in the middle
-of the widest run of factors with the best agreement, so a small change of the data does not move
-a slide across a threshold.
+centre on a few labelled slides is the per-centre calibration. The factors with the best agreement
+(slide calls vs labels, quadratic κ) form a plateau; without a reference centre the factor is its
+middle, so a small change of the data does not move a slide across a threshold. The plateau is
+only as narrow as the labelled slides make it: a centre without 3+ slides leaves its upper end
+unpinned. With a **reference centre** (``calibration_reference``: the centre the thresholds were
+set at, its labelled slides in the same manifest) the factor is pinned by the cells themselves:
+for each grade both centres have, the factor that maps the centre's top-decile membrane OD (the
+cells the ">10 %" rules count) onto the reference's, the median over grades, kept inside the
+plateau (:func:`matched_scale`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,36 @@ from her2scope.errors import ConfigError
 
 #: Factors searched by :func:`fit_dab_scale` (geometric, 0.25–6).
 SCALE_GRID = np.round(np.geomspace(0.25, 6.0, 121), 4)
+#: The quantile of cell membrane OD matched between a centre and the reference: the top decile,
+#: the cells the ASCO/CAP "> 10 % of tumour cells" rules decide on.
+MATCH_QUANTILE = 0.9
+
+
+def matched_scale(
+    centre: dict[int, np.ndarray], reference: dict[int, np.ndarray], noise_od: float
+) -> tuple[float | None, dict[str, float]]:
+    """The DAB factor that maps a centre's membrane OD distribution onto the reference centre's.
+
+    ``centre`` and ``reference`` map a grade (0–3) to the measured (uncalibrated) membrane OD of
+    all the cells of their slides of that grade. For each stained grade (1+ to 3+) both hold,
+    the factor ``s`` with ``noise + s · (q_centre − noise) = q_reference`` for the
+    MATCH_QUANTILE quantiles ``q`` (the calibration model of
+    :func:`~her2scope.cells.classify.calibrate_od`); grades where either quantile is within the
+    noise (below twice ``noise_od``) say nothing and are skipped. Returns the median over grades
+    (geometric) and the per-grade factors, or None when no grade qualifies.
+    """
+    per: dict[str, float] = {}
+    for grade in (1, 2, 3):
+        if grade not in centre or grade not in reference:
+            continue
+        qc = float(np.quantile(centre[grade], MATCH_QUANTILE))
+        qr = float(np.quantile(reference[grade], MATCH_QUANTILE))
+        if min(qc, qr) <= 2 * noise_od:
+            continue
+        per[("0", "1+", "2+", "3+")[grade]] = (qr - noise_od) / (qc - noise_od)
+    if not per:
+        return None, per
+    return float(np.exp(np.median(np.log(list(per.values()))))), per
 
 
 def quadratic_kappa(y_true: list[int], y_pred: list[int], n_classes: int) -> float | None:
@@ -135,6 +171,21 @@ def fit_dab_scale(
         },
         "centers": {},
     }
+    ref = cfg.calibration_reference
+    if ref is not None and ref not in per_centre:
+        raise ConfigError(
+            f"cells-fit: calibration_reference {ref!r} has no scored slides in '{manifest}' "
+            f"(centres: {', '.join(sorted(per_centre))}); score its labelled slides too"
+        )
+
+    def by_grade(rows: list[tuple[np.ndarray, np.ndarray, int, str]]) -> dict[int, np.ndarray]:
+        out: dict[int, list[np.ndarray]] = {}
+        for od, _, lab, _ in rows:
+            out.setdefault(lab, []).append(od)
+        return {g: np.concatenate(v) for g, v in out.items()}
+
+    ref_od = by_grade(per_centre[ref]) if ref is not None else None
+    result["reference"] = ref
     for centre, rows in sorted(per_centre.items()):
         tables = [(od, comp) for od, comp, _, _ in rows]
         labels = [lab for _, _, lab, _ in rows]
@@ -149,13 +200,27 @@ def fit_dab_scale(
         # the widest run of consecutive best factors; its middle (geometric) is the factor
         runs = np.split(best, np.flatnonzero(np.diff(best) != 1) + 1)
         run = max(runs, key=len)
-        scale = float(np.sqrt(SCALE_GRID[run[0]] * SCALE_GRID[run[-1]]))
+        lo, hi = float(SCALE_GRID[run[0]]), float(SCALE_GRID[run[-1]])
+        scale = float(np.sqrt(lo * hi))
+        method = "plateau middle"
+        matched: float | None = None
+        per_grade: dict[str, float] = {}
+        if ref_od is not None and centre != ref:
+            matched, per_grade = matched_scale(by_grade(rows), ref_od, cfg.dab_noise_od)
+            if matched is not None:
+                scale = float(np.clip(matched, lo, hi))
+                method = f"matched to centre {ref}" + (
+                    " (clipped to the plateau)" if scale != matched else ""
+                )
         before = quadratic_kappa(labels, [max(p, 0) for p in _calls_at(tables, 1.0, cfg)], 4)
         after_pred = _calls_at(tables, scale, cfg)
         after = quadratic_kappa(labels, [max(p, 0) for p in after_pred], 4)
         result["centers"][centre] = {
             "dab_scale": round(scale, 4),
-            "plateau": [float(SCALE_GRID[run[0]]), float(SCALE_GRID[run[-1]])],
+            "plateau": [lo, hi],
+            "method": method,
+            "matched": None if matched is None else round(matched, 4),
+            "matched_per_grade": {g: round(v, 4) for g, v in per_grade.items()},
             "n_slides": len(rows),
             "kappa_before": before if before is not None else float("nan"),
             "kappa_after": after if after is not None else float("nan"),
