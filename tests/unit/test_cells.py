@@ -304,40 +304,48 @@ def test_fit_dab_scale_recovers_a_weak_assay(tmp_path) -> None:
     assert json.loads((tmp_path / "cells_fit.json").read_text())["centers"]["B"]["dab_scale"] > 1.2
 
 
-def ring_field(mpp: float, halfwidth_um: float, od: float, size_um: float = 120.0) -> np.ndarray:
-    """Nine round cells (nucleus 3.5 µm) with a full membrane ring at 7 µm, rendered at ``mpp``:
-    DAB OD ``od`` on the ring, falling off as exp(−(d / halfwidth_um)²) across it."""
-    n = round(size_um / mpp)
-    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) * np.float32(mpp)
-    h = np.full((n, n), 0.04, np.float32)
-    d = np.zeros((n, n), np.float32)
-    for cy in (20.0, 60.0, 100.0):
-        for cx in (20.0, 60.0, 100.0):
-            r = np.hypot(xx - cx, yy - cy)
-            h[r < 3.5] = 0.55
-            d = np.maximum(d, od * np.exp(-(((r - 7.0) / halfwidth_um) ** 2)))
+def membrane_grid(mpp: float, halfwidth_um: float, od: float, side_um: float = 126.0) -> np.ndarray:
+    """Touching square cells 14 µm apart (round 3.5 µm nuclei), rendered at ``mpp``; DAB OD
+    ``od`` on every cell boundary, falling off as exp(−(d / halfwidth_um)²) across it."""
+    n = round(side_um / mpp)
+    yy, xx = (np.mgrid[0:n, 0:n].astype(np.float32) + 0.5) * np.float32(mpp)
+    dx = np.abs(np.mod(xx, 14.0) - 7.0)  # offset from the nearest cell centre, µm
+    dy = np.abs(np.mod(yy, 14.0) - 7.0)
+    h = np.where(np.hypot(dx, dy) < 3.5, 0.55, 0.04).astype(np.float32)
+    to_edge = np.minimum(7.0 - dx, 7.0 - dy)
+    d = (od * np.exp(-((to_edge / halfwidth_um) ** 2))).astype(np.float32)
     return render(h, d)
+
+
+def _inner_median(rc, mpp: float, side_um: float = 126.0) -> float:
+    """Median membrane OD of the cells away from the image border (whole cells only)."""
+    x, y = rc.x * mpp, rc.y * mpp
+    inner = (x > 14) & (x < side_um - 14) & (y > 14) & (y < side_um - 14)
+    assert inner.sum() >= 25
+    return float(np.median(rc.membrane_od_p90[inner]))
 
 
 @pytest.mark.parametrize("od", [0.15, 0.4])
 def test_thin_membrane_at_native_resolution_reads_like_a_thick_one(od: float) -> None:
     # the membrane's peak along its normal (ring means of each sector, averaged along the
-    # membrane) does not depend on how thick the membrane is once it is resolved: a 0.8 µm
-    # membrane scanned at 0.25 µm/px reads as a 2 µm one at 0.5 µm/px of the same OD
+    # membrane) falls little when the membrane is thin but resolved: a 0.8 µm membrane scanned
+    # at 0.25 µm/px reads ≥ 82 % of a 2 µm one at 0.5 µm/px of the same OD (85–87 %; the 90th
+    # percentile of a 1.5 µm band after σ 0.4 µm smoothing read 68–69 %). The rest is the
+    # pixel-wide cell boundary of a distance-transform Voronoi, which mixes the ring next to it.
     cfg = CellConfig(membrane_smooth_um=0.0)
-    thick = analyse_region(ring_field(0.5, 1.0, od), RJ, 0.5, cfg)
-    thin = analyse_region(ring_field(0.25, 0.4, od), RJ, 0.25, cfg)
-    assert thick.n == thin.n == 9
-    np.testing.assert_allclose(np.median(thin.membrane_od_p90), od, rtol=0.1)
-    np.testing.assert_allclose(
-        np.median(thin.membrane_od_p90), np.median(thick.membrane_od_p90), rtol=0.05
+    thick = analyse_region(membrane_grid(0.5, 1.0, od), RJ, 0.5, cfg)
+    thin = analyse_region(membrane_grid(0.25, 0.4, od), RJ, 0.25, cfg)
+    assert thick.n == thin.n == 81
+    thick_od, thin_od = _inner_median(thick, 0.5), _inner_median(thin, 0.25)
+    assert 0.82 * thick_od <= thin_od <= 1.05 * thick_od
+    assert 0.7 * od <= thick_od <= od
+    assert np.median(thin.completeness) == 1 and np.median(thick.completeness) == 1
+    # averaged onto 0.5 µm pixels in RGB, the same thin membrane reads far lower (≈ 0.56×):
+    # why a slide scanned finer than target_mpp is analysed at its own resolution
+    rgb = cv2.resize(
+        membrane_grid(0.25, 0.4, od), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA
     )
-    assert (thin.completeness == 1).all() and (thick.completeness == 1).all()
-    # averaged onto 0.5 µm pixels in RGB, the same thin membrane reads lower: why a slide
-    # scanned finer than target_mpp is analysed at its own resolution
-    rgb = cv2.resize(ring_field(0.25, 0.4, od), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
-    resampled = analyse_region(rgb, RJ, 0.5, cfg)
-    assert np.median(resampled.membrane_od_p90) < 0.9 * np.median(thin.membrane_od_p90)
+    assert _inner_median(analyse_region(rgb, RJ, 0.5, cfg), 0.5) < 0.75 * thin_od
 
 
 def test_analysis_mpp_is_the_slides_own_when_finer() -> None:
