@@ -93,8 +93,8 @@ class CellConfig:
     od_faint: Annotated[float, Field(description="membrane OD from which a cell is faint")] = 0.05
     od_weak: Annotated[
         float, Field(description="membrane OD from which a cell is weak/moderate")
-    ] = 0.19
-    od_strong: Annotated[float, Field(description="membrane OD from which a cell is strong")] = 0.43
+    ] = 0.17
+    od_strong: Annotated[float, Field(description="membrane OD from which a cell is strong")] = 0.42
     complete_min: Annotated[
         float, Field(gt=0, le=1, description="share of stained sectors of a complete membrane")
     ] = 0.65
