@@ -20,7 +20,9 @@ times, in one run on the same file:
     with the pixels.
 
 (b) and (c) alternate ``--repeat`` times (load from other users of the machine hits both alike);
-the fastest of each is reported. Prints times, positions read and kept, the ratios b/c for both
+the fastest of each is reported, with the ratio b/c of each pair (neighbours in time, so under
+the same load) and the CPU seconds of each command with all its processes (less sensitive to load
+than wall time, though not immune). Prints times, positions read and kept, the ratios b/c for both
 modes (target ≤ 1.15) and a/b, and the peak resident memory of the `her2scope tile` run (largest
 process). Not part of `make test`: run ``python benchmarks/bench_tiling.py [--workers 2]``
 (a few minutes; the slide is built once into ``--work``).
@@ -154,21 +156,30 @@ def in_roi(positions: list[tuple[int, int]]) -> list[tuple[int, int]]:
     ]
 
 
+def _run(cmd: list[str], **kwargs: object) -> tuple[float, float, str]:
+    """Run a command; its wall time, the CPU seconds of it and its processes, and its stdout."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0 = usage.ru_utime + usage.ru_stime
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, **kwargs).stdout  # type: ignore[call-overload]
+    dt = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return dt, usage.ru_utime + usage.ru_stime - cpu0, out
+
+
 def her2scope_tile(
     path: Path, out: Path, workers: int, rois: Path | None = None
-) -> tuple[float, dict, float]:
+) -> tuple[float, float, dict, float]:
     exe = Path(sys.executable).with_name("her2scope")
     env = dict(os.environ, HER2SCOPE_NO_PROGRESS="1")
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     cmd = [str(exe), "tile", str(path), "--out", str(out), "--workers", str(workers)]
     if rois is not None:
         cmd += ["--rois", str(rois)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    dt = time.perf_counter() - t0
+    dt, cpu, _ = _run(cmd, env=env)
     peak_mib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     side = json.loads((out / "slides" / f"{path.stem}.json").read_text())
-    return dt, side, peak_mib
+    return dt, cpu, side, peak_mib
 
 
 #: The floor as a standalone tool: a fresh Python that imports tifffile, reads its list of file
@@ -224,9 +235,10 @@ def tissue_tiles_truth() -> list[tuple[int, int]]:
 
 def raw_decode(
     path: Path, positions: list[tuple[int, int]], workers: int, work: Path
-) -> tuple[float, int]:
+) -> tuple[float, float, int]:
     """Decode once every level-0 JPEG tile under the given 512-px positions with
-    :data:`FLOOR_TOOL` in ``workers`` processes; the wall time of the whole command."""
+    :data:`FLOOR_TOOL` in ``workers`` processes; the wall time and CPU seconds of the whole
+    command, and the number of tiles decoded."""
     import tifffile
 
     with tifffile.TiffFile(str(path)) as tif:
@@ -240,10 +252,8 @@ def raw_decode(
     index_file = work / "floor_tiles.npy"
     np.save(index_file, np.array(sorted(idx), np.int64))
     cmd = [sys.executable, "-c", FLOOR_TOOL, str(path), str(index_file), str(workers)]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    dt = time.perf_counter() - t0
-    return dt, int(out.split()[-1])
+    dt, cpu, out = _run(cmd)
+    return dt, cpu, int(out.split()[-1])
 
 
 def main() -> None:
@@ -273,17 +283,22 @@ def main() -> None:
         out = args.work / f"tiles_out_{mode}"
         # (b) and (c) alternate, so that load from other users of the machine hits both alike
         runs_b, runs_c, runs_k = [], [], []
+        cpu_b, cpu_c = [], []
         for _ in range(max(1, args.repeat)):
-            tb, side, peak = her2scope_tile(slide, out, args.workers, roi_dir)
+            tb, cb, side, peak = her2scope_tile(slide, out, args.workers, roi_dir)
             runs_b.append(tb)
-            tc, n_dec = raw_decode(slide, floor_positions, args.workers, args.work)
+            cpu_b.append(cb)
+            tc, cc, n_dec = raw_decode(slide, floor_positions, args.workers, args.work)
             runs_c.append(tc)
+            cpu_c.append(cc)
             kept = pd.read_parquet(out / "tiles.parquet", columns=["x", "y"])
-            tk, n_kept_dec = raw_decode(
+            tk, _, n_kept_dec = raw_decode(
                 slide, list(zip(kept.x, kept.y, strict=True)), args.workers, args.work
             )
             runs_k.append(tk)
         tb, tc, tk = min(runs_b), min(runs_c), min(runs_k)
+        # each (b) ran next to a (c): the ratio of each pair sees the same load
+        pairs = [b / c for b, c in zip(runs_b, runs_c, strict=True)]
 
         def runs(ts: list[float]) -> str:
             return ", ".join(f"{t:.2f}" for t in ts)
@@ -302,6 +317,11 @@ def main() -> None:
         print(
             f"(c') raw, kept only   : {tk:7.2f} s  (runs {runs(runs_k)}) {n_kept_dec} file tiles "
             "under the kept tiles only"
+        )
+        print(
+            f"b/c of each pair      : {runs(pairs)} (median {float(np.median(pairs)):.2f}); CPU "
+            f"seconds, all processes: (b) {runs(cpu_b)}, (c) {runs(cpu_c)} (ratio of medians "
+            f"{float(np.median(cpu_b) / np.median(cpu_c)):.2f})"
         )
         ratios[mode] = (tb / tc, tb / tk)
         times[mode] = tb
