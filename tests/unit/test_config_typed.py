@@ -83,6 +83,10 @@ train:
   zoom_range:
   - 0.8
   - 1.25
+  dab_order_weight: 0.0
+  dab_order_range:
+  - 1.25
+  - 4.0
 evaluate:
   split: test
   aggregate: mean
@@ -100,8 +104,10 @@ explain:
 cells:
   enabled: false
   target_mpp: 0.5
+  finest_mpp: 0.25
   region_um: 1024.0
   halo_um: 24.0
+  stain_scope: slide
   nucleus_h_od: 0.08
   nucleus_smooth_um: 0.6
   nucleus_min_area_um2: 12.0
@@ -110,6 +116,7 @@ cells:
   split_min_distance_um: 3.0
   cell_expand_um: 5.0
   band_um: 1.5
+  membrane_smooth_um: 0.2
   n_sectors: 16
   complete_rel: 0.4
   od_faint: 0.05
@@ -117,6 +124,7 @@ cells:
   od_strong: 0.39
   complete_min: 0.65
   dab_scale: 1.0
+  calibration_reference: null
   dab_noise_od: 0.03
   positive_fraction: 0.1
   ultralow_min_fraction: 0.01
@@ -230,7 +238,7 @@ def test_every_problem_is_listed_at_once_in_the_configs_order(tmp_path: Path) ->
         "above this)",
         "  - train.batch_size=0: must be within [1, 65536] (tiles per training step)",
         "  - train.optimizer='adam': not allowed; choose one of adamw, sgd",
-        "  - cells OD thresholds must rise: 0 < od_faint (0.3) < od_weak (0.2) < od_strong (0.39)",
+        "  - cells OD thresholds must rise: 0 < od_faint (0.3) < od_weak (0.2) < od_strong (0.42)",
         "  - qc.min_tiles=0: must be >= 1 (at least this many tumour tiles)",
     ]
 

@@ -142,7 +142,14 @@ def to_model_input(
     x = batch_uint8.float().div_(255.0)
     if augment is not None:
         x = augment(x)
-    x = (x - mean) / std
+    return normalise_input(x, mean, std, channels_last)
+
+
+def normalise_input(
+    x01: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = False
+) -> torch.Tensor:
+    """A float RGB batch in [0, 1] → the model's mean/std-normalised input."""
+    x = (x01 - mean) / std
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x

@@ -77,6 +77,18 @@ class TrainConfig:
     zoom_range: Annotated[
         tuple[float, ...], Field(description="per-tile zoom (lo, hi), log-uniform; [] off")
     ] = ()
+    dab_order_weight: Annotated[
+        float,
+        Field(
+            ge=0, le=100, description="weight of the DAB-order loss (docs/generalisation.md); 0 off"
+        ),
+    ] = 0.0
+    dab_order_range: Annotated[
+        tuple[float, ...],
+        Field(
+            description="DAB factor of the order loss's copies: lo..hi or its inverse, 1 < lo <= hi"
+        ),
+    ] = (1.25, 4.0)
 
     @model_validator(mode="after")
     def _rules(self) -> TrainConfig:
@@ -96,6 +108,12 @@ class TrainConfig:
             message = factor_range_problem(name, getattr(self, name))
             if message:
                 out.append((f"train.{name}", message))
+        r = self.dab_order_range
+        if not (len(r) == 2 and all(math.isfinite(v) for v in r) and 1 < r[0] <= r[1]):
+            out.append((
+                "train.dab_order_range",
+                f"train.dab_order_range={list(r)}: give two factors 1 < lo <= hi, e.g. [1.25, 4]",
+            ))  # fmt: skip
         if out:
             raise problems_error(out)
         return self

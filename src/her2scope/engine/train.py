@@ -79,6 +79,7 @@ class Trainer:
     std: torch.Tensor
     channels_last: bool
     precision: str  # resolved: "fp32", "bf16" or "fp16"
+    dab_order: Any = None  # her2scope.engine.dab_order.DabOrderLoss, or None
 
 
 def train_model(
@@ -359,9 +360,14 @@ def build_training(
         w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
         class_weights = torch.tensor(w, dtype=torch.float32, device=dev)
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=tcfg.label_smoothing)
+    dab_order = None
+    if tcfg.dab_order_weight > 0:
+        from her2scope.engine.dab_order import DabOrderLoss
+
+        dab_order = DabOrderLoss(tcfg.dab_order_weight, tcfg.dab_order_range, tcfg.objective)
     return Trainer(
         model, net, optimizer, scheduler, scaler, criterion, augment, mean, std, channels_last,
-        precision,
+        precision, dab_order,
     )  # fmt: skip
 
 
@@ -369,7 +375,7 @@ def train_one_epoch(
     tr: Trainer, loader: Any, grad_accum: int, dev: torch.device, desc: str, show: bool = True
 ) -> tuple[float, int]:
     """One pass over ``loader``; returns (sum of per-image losses, images seen)."""
-    from her2scope.data.dataset import to_model_input
+    from her2scope.data.dataset import normalise_input, to_model_input
     from her2scope.engine.predict import autocast_context
     from her2scope.models import INCEPTION_AUX_WEIGHT
     from her2scope.models.registry import split_outputs
@@ -383,12 +389,21 @@ def train_one_epoch(
     ):
         xb = xb.to(dev, non_blocking=True)
         yb = yb.to(dev, non_blocking=True)
-        x = to_model_input(xb, tr.mean, tr.std, tr.channels_last, tr.augment)
+        n = len(yb)
+        if tr.dab_order is None:
+            x = to_model_input(xb, tr.mean, tr.std, tr.channels_last, tr.augment)
+        else:  # each tile and its DAB-scaled copy in one forward pass
+            x01 = xb.float().div_(255.0)
+            x01 = tr.augment(x01) if tr.augment is not None else x01
+            x_pair, log_f = tr.dab_order.pair(x01)
+            x = normalise_input(torch.cat([x01, x_pair]), tr.mean, tr.std, tr.channels_last)
         with autocast_context(dev, tr.precision):
             logits, aux = split_outputs(tr.net(x))
-            loss = tr.criterion(logits.float(), yb)
+            loss = tr.criterion(logits[:n].float(), yb)
             if aux is not None:
-                loss = loss + INCEPTION_AUX_WEIGHT * tr.criterion(aux.float(), yb)
+                loss = loss + INCEPTION_AUX_WEIGHT * tr.criterion(aux[:n].float(), yb)
+            if tr.dab_order is not None:
+                loss = loss + tr.dab_order(logits[:n], logits[n:], log_f)
         tr.scaler.scale(loss / grad_accum).backward()
         if (step + 1) % grad_accum == 0 or step + 1 == n_batches:
             tr.scaler.step(tr.optimizer)
