@@ -282,3 +282,27 @@ def test_tiny_run_fixture(tiny_run: Path, tiny_cohort: Path) -> None:
     probs = predict_tiles(model, meta, test, load_normalizers(meta.tiles_dir, meta.config.stain))
     assert probs.shape == (len(test), 3) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_dab_order_loss_runs_in_every_training_step(
+    toy_tiles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With train.dab_order_weight > 0 each step scores the tiles and their DAB-scaled copies in
+    one pass and adds the order loss (finite, for every batch) to the training loss."""
+    from her2scope.engine import dab_order
+
+    calls: list[tuple[int, int, float]] = []
+    original = dab_order.DabOrderLoss.__call__
+
+    def spy(self, logits, logits_pair, log_factors):  # type: ignore[no-untyped-def]
+        out = original(self, logits, logits_pair, log_factors)
+        calls.append((len(logits), len(logits_pair), float(out.detach())))
+        return out
+
+    monkeypatch.setattr(dab_order.DabOrderLoss, "__call__", spy)
+    cfg = toy_config(toy_tiles, "train.objective=ordinal", "train.dab_order_weight=0.5")
+    run = train_model(cfg, MODEL, toy_tiles, tmp_path / "run")
+    assert len(calls) == 2 * 3  # 2 epochs × 12 train tiles / batch 4
+    assert all(n == m == 4 and np.isfinite(v) and v > 0 for n, m, v in calls), calls
+    assert load_config(run / "config.yaml").train.dab_order_weight == 0.5
+    assert all(np.isfinite(r["train_loss"]) for r in _metrics(run))
