@@ -206,3 +206,86 @@ def test_run_stain_scope_gives_every_slide_the_same_vectors(cohort: Path, tmp_pa
     assert per_run[0]["stain_matrix"] == per_run[1]["stain_matrix"]
     assert "2 slide(s)" in per_run[0]["reason"]
     assert per_slide[0]["stain_matrix"] != per_slide[1]["stain_matrix"]
+
+
+def test_stage_pools_stain_vectors_per_centre_and_goes_on_past_a_broken_slide(
+    tmp_path: Path,
+) -> None:
+    # her2scope run's cells stage (stain_scope "center", the default): one stain fit per centre of
+    # the manifest, whatever each slide's grade; a slide that cannot be read fails alone
+    from her2scope.cells.stage import _score_slides
+    from her2scope.cohort.manifest import load_manifest
+    from her2scope.errors import Her2ScopeError
+    from her2scope.synth import make_cohort
+
+    root = tmp_path / "cohort"
+    make_cohort(
+        root, n_patients=4, n_centers=2, seed=7, slide_px=1024, labels=("0", "3+"), cells=True
+    )
+    df = load_manifest(root / "manifest.csv", "full").sort_values("slide_id")
+    assert df.groupby("center")["label"].nunique().min() == 2  # a 0 and a 3+ slide per centre
+    bad = root / "broken.tif"
+    bad.write_bytes(b"not a slide")
+    broken = df.iloc[[0]].assign(slide_id="broken", slide_path=str(bad))
+    rows = pd.concat([df, broken], ignore_index=True)
+    tiles = tmp_path / "tiles"  # no sidecars: per slide, each slide fits its own
+
+    def stains(scope: str) -> dict[str, tuple[str, dict]]:
+        res = _score_slides(rows, tmp_path / scope, tiles, CellConfig(stain_scope=scope), 1)
+        assert isinstance(res[-1], Her2ScopeError) and "broken.tif" in str(res[-1])
+        assert all(isinstance(r, dict) for r in res[:-1])
+        return {
+            r["slide_id"]: (c, r["stain"])
+            for r, c in zip(res[:-1], rows["center"], strict=False)
+            if isinstance(r, dict)
+        }
+
+    pooled = stains("center")
+    for centre, group in df.groupby("center"):
+        got = [pooled[s][1] for s in group["slide_id"]]
+        assert {g["source"] for g in got} == {"center"}
+        assert all(g["stain_matrix"] == got[0]["stain_matrix"] for g in got)
+        left_out = 1 if centre == broken["center"].iloc[0] else 0
+        n = len(group) + left_out
+        assert f"centre {centre} " in got[0]["reason"]
+        assert f"of {n - left_out} slide(s)" in got[0]["reason"]
+    a, b = sorted(df["center"].unique())
+    first = {c: pooled[df.loc[df["center"] == c, "slide_id"].iloc[0]][1] for c in (a, b)}
+    assert first[a]["stain_matrix"] != first[b]["stain_matrix"]  # each centre its own assay
+    per_slide = stains("slide")
+    grp = df[df["center"] == a]["slide_id"]
+    assert len({str(per_slide[s][1]["stain_matrix"]) for s in grp}) == len(grp)
+
+
+def test_cli_calibration_file_sets_factor_and_noise_floor(tmp_path: Path) -> None:
+    from her2scope.cli.cells import _fitted, build_config
+
+    fit = tmp_path / "cells_fit.json"
+    fit.write_text(
+        json.dumps(
+            {
+                "centers": {
+                    "A": {"dab_scale": 0.88, "noise_od": None},
+                    "C": {"dab_scale": 3.93, "noise_od": 0.0386},
+                }
+            }
+        )
+    )
+    assert _fitted(fit, "C") == (3.93, 0.0386)
+    assert _fitted(fit, "A") == (0.88, None)
+    with pytest.raises(ConfigError, match="no centre 'D'.*A, C"):
+        _fitted(fit, "D")
+    cfg = build_config(None, *_fitted(fit, "C")[:1], None, _fitted(fit, "C")[1])
+    assert cfg.dab_scale == 3.93 and cfg.center_noise_od == 0.0386
+    with pytest.raises(ConfigError, match="--noise-od -0.1: must be > 0"):
+        build_config(None, None, None, -0.1)
+    from her2scope.cli import main
+
+    for extra in (
+        ["--calibration", str(fit)],  # needs --center
+        ["--calibration", str(fit), "--center", "C", "--dab-scale", "2"],
+        ["--calibration", str(fit), "--center", "C", "--site-run", str(tmp_path)],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["cells", str(tmp_path / "x.tif"), "--out", str(tmp_path / "o"), *extra])
+        assert exc.value.code == 2, extra

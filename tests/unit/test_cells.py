@@ -366,32 +366,32 @@ def test_analysis_mpp_is_the_slides_own_when_finer() -> None:
         CellConfig(finest_mpp=0.6)
 
 
-def test_fit_dab_scale_matched_to_a_reference_is_pinned_without_3plus(tmp_path) -> None:
+def handbuilt_centres(tmp_path, centres, seed: int) -> None:
+    """Cell tables and a manifest of hand-built centres: ``centres`` holds (name, DAB gain,
+    noise floor, grades). True membrane OD per cell by the grade's mix; unstained membranes up
+    to the reference floor ``dab_noise_od`` (its 90th percentile at HER2-0); measured at the
+    centre as the inverse of the calibration model (floor onto floor, gain above it)."""
     import dataclasses
 
     import pandas as pd
 
     from her2scope.cells.export import cells_frame
-    from her2scope.cells.fit import fit_dab_scale, matched_scale
 
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     cfg = CellConfig()
     n0 = cfg.dab_noise_od
     mix = {"0": (0, 0, 0.0), "1+": (0, 0.02, 0.6), "2+": (0.02, 0.5, 0.3), "3+": (0.6, 0.2, 0.1)}
-    od_of = {"strong": 0.8, "wm": 0.28, "faint": 0.1, "none": 0.02}
-    assay = 0.3  # centre W shows 0.3× the DAB of the reference R; it has no 3+ slide
+    od_of = {"strong": 0.8, "wm": 0.28, "faint": 0.1}
     rows = []
-    for centre, gain, grades in (
-        ("R", 1.0, ("0", "1+", "2+", "3+")),
-        ("W", assay, ("0", "1+", "2+")),
-    ):
-        for grade in grades:
+    for centre, gain, floor, grades in centres:
+        for i, grade in enumerate(grades):
             s, w, f = mix[grade]
             n = 400
             kind = rng.choice(["strong", "wm", "faint", "none"], n, p=[s, w, f, 1 - s - w - f])
-            true_od = np.array([od_of[k] for k in kind]) * rng.uniform(0.9, 1.1, n)
-            measured = np.where(true_od > n0, n0 + gain * (true_od - n0), true_od)
-            sid = f"{centre}_{grade.strip('+')}"
+            true_od = np.array([od_of.get(k, 0.0) for k in kind]) * rng.uniform(0.9, 1.1, n)
+            true_od = np.where(kind == "none", rng.uniform(0, n0 / 0.9, n), true_od)
+            measured = raw_od(true_od, 1 / gain, n0, floor)
+            sid = f"{centre}_{i}_{grade.strip('+')}"
             arrays = {
                 k: np.zeros(n, np.float32)
                 for k in ("x", "y", "nucleus_area_um2", "nucleus_h_od", "membrane_od_mean")
@@ -406,6 +406,21 @@ def test_fit_dab_scale_matched_to_a_reference_is_pinned_without_3plus(tmp_path) 
             )
             rows.append({"slide_id": sid, "center": centre, "label": grade})
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+
+
+def test_fit_dab_scale_matched_to_a_reference_is_pinned_without_3plus(tmp_path) -> None:
+    import dataclasses
+
+    from her2scope.cells.fit import fit_dab_scale, matched_scale
+
+    cfg = CellConfig()
+    n0 = cfg.dab_noise_od
+    assay = 0.3  # centre W shows 0.3× the DAB of the reference R; it has no 3+ slide
+    handbuilt_centres(
+        tmp_path,
+        [("R", 1.0, n0, ("0", "1+", "2+", "3+")), ("W", assay, n0, ("0", "1+", "2+"))],
+        seed=2,
+    )
     # slide calls alone: a wide plateau (no 3+ slide says where W's 2+ would turn 3+)
     plain = fit_dab_scale(tmp_path / "manifest.csv", tmp_path, tmp_path / "plain.json")
     w = plain["centers"]["W"]
@@ -430,3 +445,51 @@ def test_fit_dab_scale_matched_to_a_reference_is_pinned_without_3plus(tmp_path) 
             tmp_path / "q.json",
             dataclasses.replace(cfg, calibration_reference="Q"),
         )
+
+
+def test_fit_noise_floor_of_a_centre_with_an_offset_is_recovered(tmp_path) -> None:
+    # centre T measures an offset as well as a gain (thin, blurred membranes): its unstained
+    # membranes read up to 0.045, not the reference's 0.03, and its DAB 0.25×. The floor is
+    # measured on its HER2-0 slides; the factor fitted above it maps T onto R
+    import dataclasses
+
+    from her2scope.cells.classify import calibrate_od
+    from her2scope.cells.fit import fit_dab_scale, matched_scale, noise_floor
+
+    cfg = CellConfig(calibration_reference="R")
+    n0 = cfg.dab_noise_od
+    handbuilt_centres(
+        tmp_path,
+        [("R", 1.0, n0, ("0", "1+", "2+", "3+")), ("T", 0.25, 0.045, ("0", "0", "1+", "2+"))],
+        seed=3,
+    )
+    res = fit_dab_scale(tmp_path / "manifest.csv", tmp_path, cfg=cfg)
+    t, r = res["centers"]["T"], res["centers"]["R"]
+    assert t["noise_od"] == pytest.approx(0.045, rel=0.03)
+    assert t["dab_scale"] == pytest.approx(4.0, rel=0.03)
+    assert t["kappa_after"] == pytest.approx(1.0) and t["method"] == "matched to centre R"
+    # the reference keeps dab_noise_od; its own HER2-0 floor is reported as a check
+    # (one slide of 400 cells: its 90th percentile is within ~0.0005 of the floor, 1 σ)
+    assert r["noise_od"] is None and r["noise_od_measured"] == pytest.approx(n0, abs=0.0015)
+    saved = json.loads((tmp_path / "cells_fit.json").read_text())["centers"]["T"]
+    assert saved["noise_od"] == t["noise_od"] and saved["dab_scale"] == t["dab_scale"]
+    # above a fixed floor the same centre cannot be fitted: its 2+ factor would turn the HER2-0
+    # slides' unstained membranes faint
+    fixed = dataclasses.replace(cfg, calibration_reference=None)
+    od0 = np.concatenate([pd_read(tmp_path / f"T_{i}_0.cells.parquet") for i in (0, 1)])
+    assert noise_floor({0: od0}) == pytest.approx(0.045, rel=0.03)
+    stretched = calibrate_od(od0, 4.0, n0)  # the offset stretched as if it were stain
+    assert (stretched >= fixed.od_faint).mean() > 0.10  # > 10 %: a HER2-0 slide called 1+
+    mapped = calibrate_od(od0, 4.0, n0, t["noise_od"])
+    assert (mapped >= fixed.od_faint).mean() < 0.10
+    # the matched factor itself, from the top deciles and both floors
+    got, per = matched_scale({2: np.array([0.1])}, {2: np.array([0.27])}, 0.03, 0.04)
+    assert got == pytest.approx((0.27 - 0.03) / (0.1 - 0.04)) and set(per) == {"2+"}
+    assert matched_scale({2: np.array([0.07])}, {2: np.array([0.27])}, 0.03, 0.04) == (None, {})
+    assert noise_floor({1: np.array([0.1])}) is None  # no HER2-0 slide: no floor
+
+
+def pd_read(path) -> np.ndarray:
+    import pandas as pd
+
+    return pd.read_parquet(path, columns=["membrane_od_p90"])["membrane_od_p90"].to_numpy()

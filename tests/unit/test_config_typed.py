@@ -126,6 +126,7 @@ cells:
   dab_scale: 1.0
   calibration_reference: null
   dab_noise_od: 0.03
+  center_noise_od: null
   positive_fraction: 0.1
   ultralow_min_fraction: 0.01
   borderline_margin: 0.02

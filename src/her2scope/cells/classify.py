@@ -42,24 +42,35 @@ PATTERN_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 
-def calibrate_od(od: np.ndarray, scale: float, noise_od: float) -> np.ndarray:
+def calibrate_od(
+    od: np.ndarray, scale: float, noise_od: float, center_noise_od: float | None = None
+) -> np.ndarray:
     """Per-centre calibration of background-corrected DAB OD (float32, element-wise).
 
-    OD up to ``noise_od`` (what an unstained membrane measures) is kept; OD above it is stretched
-    by ``scale`` from there: ``noise + scale · (od − noise)``. A weak assay (scale > 1) thus lifts
-    stained membranes without lifting unstained ones into "faint". Monotone, so percentiles
-    commute with it.
+    ``center_noise_od`` (default ``noise_od``) is the noise floor of the centre the OD was measured
+    at (what its unstained membranes measure), ``noise_od`` that of the centre the thresholds were
+    set at. OD above the centre's floor is stretched by ``scale`` from there onto the reference's:
+    ``noise + scale · (od − center_noise)``; OD below it (unstained) is mapped linearly onto
+    0–``noise``. A weak assay (scale > 1) thus lifts stained membranes without lifting unstained
+    ones into "faint"; with one floor for both, OD below it is kept. Monotone and continuous, so
+    percentiles commute with it.
     """
     od = np.asarray(od, np.float32)
     n = np.float32(noise_od)
-    return np.where(od > n, n + np.float32(scale) * (od - n), od).astype(np.float32)
+    m = n if center_noise_od is None else np.float32(center_noise_od)
+    below = od * (n / m) if m > 0 and m != n else od
+    return np.where(od > m, n + np.float32(scale) * (od - m), below).astype(np.float32)
 
 
-def raw_od(od: np.ndarray, scale: float, noise_od: float) -> np.ndarray:
+def raw_od(
+    od: np.ndarray, scale: float, noise_od: float, center_noise_od: float | None = None
+) -> np.ndarray:
     """The inverse of :func:`calibrate_od` (measured OD from calibrated OD)."""
     od = np.asarray(od, np.float32)
     n = np.float32(noise_od)
-    return np.where(od > n, n + (od - n) / np.float32(scale), od).astype(np.float32)
+    m = n if center_noise_od is None else np.float32(center_noise_od)
+    below = od * (m / n) if n > 0 and m != n else od
+    return np.where(od > n, m + (od - n) / np.float32(scale), below).astype(np.float32)
 
 
 def intensity_class(membrane_od: np.ndarray, cfg: CellConfig) -> np.ndarray:

@@ -49,12 +49,12 @@ class CellConfig:
         float, Field(ge=0, description="overlap read around a region so border cells are whole")
     ] = 24.0
     stain_scope: Annotated[
-        Literal["slide", "run"],
+        Literal["slide", "center", "run"],
         Field(
-            description="stain vectors fitted per slide, or once on all slides of the run "
-            "(one centre's slides: its assay's vectors, the same DAB gain on every slide)"
+            description="stain vectors per slide; pooled per centre (her2scope run: the "
+            "manifest's center column; cells: with --center); or once for all slides of the run"
         ),
-    ] = "slide"
+    ] = "center"
     # nuclei (hematoxylin channel)
     nucleus_h_od: Annotated[
         Positive,
@@ -111,8 +111,20 @@ class CellConfig:
     ] = None
     dab_noise_od: Annotated[
         float,
-        Field(ge=0, description="OD of unstained membranes (noise): dab_scale does not stretch it"),
+        Field(
+            ge=0,
+            description="noise floor of the centre the thresholds were set at (unstained "
+            "membranes measure up to it): dab_scale does not stretch it",
+        ),
     ] = 0.03
+    center_noise_od: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="this centre's noise floor (cells-fit: the 90th percentile of its "
+            "HER2-0 slides' membrane OD); mapped onto dab_noise_od. null: dab_noise_od",
+        ),
+    ] = None
     # slide call (ASCO/CAP 2018 with the 2023 HER2-0 null / ultralow split)
     positive_fraction: Annotated[float, Field(description="'> 10 % of tumour cells'")] = 0.10
     ultralow_min_fraction: Annotated[

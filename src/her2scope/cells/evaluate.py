@@ -203,7 +203,12 @@ def matched_truth(
             pred[["x", "y"]].to_numpy(), gt[["x", "y"]].to_numpy(), max_dist_um / summ["mpp"][0]
         )
         used = summ["config"]
-        od = raw_od(pred["membrane_od_p90"].to_numpy()[pi], used["dab_scale"], used["dab_noise_od"])
+        od = raw_od(
+            pred["membrane_od_p90"].to_numpy()[pi],
+            used["dab_scale"],
+            used["dab_noise_od"],
+            used.get("center_noise_od"),
+        )
         parts["od"].append(od)
         parts["completeness"].append(pred["completeness"].to_numpy()[pi])
         parts["class"].append(gt["membrane_class"].cat.codes.to_numpy()[tj])

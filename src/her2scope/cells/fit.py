@@ -12,6 +12,12 @@ set at, its labelled slides in the same manifest) the factor is pinned by the ce
 for each grade both centres have, the factor that maps the centre's top-decile membrane OD (the
 cells the ">10 %" rules count) onto the reference's, the median over grades, kept inside the
 plateau (:func:`matched_scale`).
+
+The factor stretches OD above a **noise floor**, what unstained membranes measure. That floor is
+not the same everywhere: a centre whose membranes are thinner or whose scan is softer measures
+an offset as well as a gain (blur mixes the membrane with the cytoplasm beside it). Each
+centre's floor is measured on its own HER2-0 calibration slides (:func:`noise_floor`) and
+mapped onto the reference's ``dab_noise_od``; the factor is fitted above it.
 """
 
 from __future__ import annotations
@@ -39,30 +45,51 @@ SCALE_GRID = np.round(np.geomspace(0.25, 6.0, 121), 4)
 #: The quantile of cell membrane OD matched between a centre and the reference: the top decile,
 #: the cells the ASCO/CAP "> 10 % of tumour cells" rules decide on.
 MATCH_QUANTILE = 0.9
+#: The quantile of a centre's HER2-0 cells' membrane OD taken as its noise floor
+#: (:func:`noise_floor`): at most 10 % of a HER2-0 slide's cells stain.
+NOISE_QUANTILE = 0.9
+
+
+def noise_floor(by_grade: dict[int, np.ndarray]) -> float | None:
+    """A centre's noise floor: the NOISE_QUANTILE quantile of its HER2-0 slides' membrane OD.
+
+    By the ASCO/CAP definition at most 10 % of a HER2-0 slide's tumour cells stain (ultralow), so
+    its 90th percentile is the OD an unstained membrane measures at that centre: the offset of
+    its assay and optics (blur of thin membranes, hematoxylin cross-talk, scanner noise), which a
+    DAB factor must not stretch. None without HER2-0 slides.
+    """
+    if 0 not in by_grade or by_grade[0].size == 0:
+        return None
+    return float(np.quantile(by_grade[0], NOISE_QUANTILE))
 
 
 def matched_scale(
-    centre: dict[int, np.ndarray], reference: dict[int, np.ndarray], noise_od: float
+    centre: dict[int, np.ndarray],
+    reference: dict[int, np.ndarray],
+    noise_od: float,
+    center_noise_od: float | None = None,
 ) -> tuple[float | None, dict[str, float]]:
     """The DAB factor that maps a centre's membrane OD distribution onto the reference centre's.
 
     ``centre`` and ``reference`` map a grade (0–3) to the measured (uncalibrated) membrane OD of
     all the cells of their slides of that grade. For each stained grade (1+ to 3+) both hold,
-    the factor ``s`` with ``noise + s · (q_centre − noise) = q_reference`` for the
+    the factor ``s`` with ``noise + s · (q_centre − center_noise) = q_reference`` for the
     MATCH_QUANTILE quantiles ``q`` (the calibration model of
-    :func:`~her2scope.cells.classify.calibrate_od`); grades where either quantile is within the
-    noise (below twice ``noise_od``) say nothing and are skipped. Returns the median over grades
+    :func:`~her2scope.cells.classify.calibrate_od`; ``center_noise_od`` defaults to
+    ``noise_od``); grades where either quantile is within its centre's noise (below twice its
+    floor) say nothing and are skipped. Returns the median over grades
     (geometric) and the per-grade factors, or None when no grade qualifies.
     """
     per: dict[str, float] = {}
+    m = noise_od if center_noise_od is None else center_noise_od
     for grade in (1, 2, 3):
         if grade not in centre or grade not in reference:
             continue
         qc = float(np.quantile(centre[grade], MATCH_QUANTILE))
         qr = float(np.quantile(reference[grade], MATCH_QUANTILE))
-        if min(qc, qr) <= 2 * noise_od:
+        if qc <= 2 * m or qr <= 2 * noise_od:
             continue
-        per[("0", "1+", "2+", "3+")[grade]] = (qr - noise_od) / (qc - noise_od)
+        per[("0", "1+", "2+", "3+")[grade]] = (qr - noise_od) / (qc - m)
     if not per:
         return None, per
     return float(np.exp(np.median(np.log(list(per.values()))))), per
@@ -105,11 +132,15 @@ def call_index(call: str | None) -> int | None:
 
 
 def _calls_at(
-    tables: list[tuple[np.ndarray, np.ndarray]], scale: float, cfg: CellConfig
+    tables: list[tuple[np.ndarray, np.ndarray]],
+    scale: float,
+    cfg: CellConfig,
+    center_noise_od: float | None = None,
 ) -> list[int]:
     out = []
     for od_raw, comp in tables:
-        inten = intensity_class(calibrate_od(od_raw, scale, cfg.dab_noise_od), cfg)
+        od = calibrate_od(od_raw, scale, cfg.dab_noise_od, center_noise_od)
+        inten = intensity_class(od, cfg)
         c = slide_call(pattern_class(inten, comp, cfg), cfg)["call"]
         out.append(-1 if c is None else int(call_index(c)))  # type: ignore[arg-type]
     return out
@@ -136,7 +167,7 @@ def fit_dab_scale(
     df = read_manifest(manifest, scheme=None, required=("slide_id", "label")).df
     missing: list[str] = []
     per_centre: dict[str, list[tuple[np.ndarray, np.ndarray, int, str]]] = {}
-    cfg = dataclasses_replace(cfg or CellConfig(), dab_scale=1.0)
+    cfg = dataclasses_replace(cfg or CellConfig(), dab_scale=1.0, center_noise_od=None)
     for row in df.itertuples():
         sid = str(row.slide_id)
         lab = label_index(str(row.label))
@@ -152,7 +183,10 @@ def fit_dab_scale(
         used = CellConfig(**summary["config"])
         cells = read_parquet(pq, columns=["membrane_od_p90", "completeness"])
         od_raw = raw_od(
-            cells["membrane_od_p90"].to_numpy(np.float32), used.dab_scale, used.dab_noise_od
+            cells["membrane_od_p90"].to_numpy(np.float32),
+            used.dab_scale,
+            used.dab_noise_od,
+            used.center_noise_od,
         )
         per_centre.setdefault(str(row.center), []).append(
             (od_raw, cells["completeness"].to_numpy(np.float32), lab, sid)
@@ -167,7 +201,9 @@ def fit_dab_scale(
     result: dict[str, Any] = {
         "grid": [float(SCALE_GRID[0]), float(SCALE_GRID[-1])],
         "thresholds": {
-            k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith(("od_", "complete"))
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k.startswith(("od_", "complete")) or k == "dab_noise_od"
         },
         "centers": {},
     }
@@ -189,9 +225,14 @@ def fit_dab_scale(
     for centre, rows in sorted(per_centre.items()):
         tables = [(od, comp) for od, comp, _, _ in rows]
         labels = [lab for _, _, lab, _ in rows]
+        measured_floor = noise_floor(by_grade(rows))
+        if measured_floor is not None:  # as written to cells_fit.json and applied from it
+            measured_floor = round(measured_floor, 4)
+        # the reference's floor is dab_noise_od by definition (its measured one is reported)
+        floor = None if centre == ref else measured_floor
         scores = []
         for s in SCALE_GRID:
-            pred = _calls_at(tables, float(s), cfg)
+            pred = _calls_at(tables, float(s), cfg, floor)
             k = quadratic_kappa(labels, [max(p, 0) for p in pred], 4)
             acc = float(np.mean(np.asarray(pred) == np.asarray(labels)))
             scores.append((k if k is not None else -1.0, acc))
@@ -206,17 +247,19 @@ def fit_dab_scale(
         matched: float | None = None
         per_grade: dict[str, float] = {}
         if ref_od is not None and centre != ref:
-            matched, per_grade = matched_scale(by_grade(rows), ref_od, cfg.dab_noise_od)
+            matched, per_grade = matched_scale(by_grade(rows), ref_od, cfg.dab_noise_od, floor)
             if matched is not None:
                 scale = float(np.clip(matched, lo, hi))
                 method = f"matched to centre {ref}" + (
                     " (clipped to the plateau)" if scale != matched else ""
                 )
         before = quadratic_kappa(labels, [max(p, 0) for p in _calls_at(tables, 1.0, cfg)], 4)
-        after_pred = _calls_at(tables, scale, cfg)
+        after_pred = _calls_at(tables, scale, cfg, floor)
         after = quadratic_kappa(labels, [max(p, 0) for p in after_pred], 4)
         result["centers"][centre] = {
             "dab_scale": round(scale, 4),
+            "noise_od": None if floor is None else round(floor, 4),
+            "noise_od_measured": None if measured_floor is None else round(measured_floor, 4),
             "plateau": [lo, hi],
             "method": method,
             "matched": None if matched is None else round(matched, 4),

@@ -353,8 +353,8 @@ def measure_cells(
     )
     # background-corrected, calibrated OD of each sector's membrane peak
     peak = np.maximum(peak - bg[:, None].astype(np.float32), 0)
-    if cfg.dab_scale != 1.0:
-        peak = calibrate_od(peak, cfg.dab_scale, cfg.dab_noise_od)
+    if cfg.dab_scale != 1.0 or cfg.center_noise_od is not None:
+        peak = calibrate_od(peak, cfg.dab_scale, cfg.dab_noise_od, cfg.center_noise_od)
     n_sec = has.sum(1)
     mem_mean = np.where(has, peak, 0).sum(1) / np.maximum(n_sec, 1)
     # the 90th percentile over the cell's sectors (the stained arc of an incomplete membrane)

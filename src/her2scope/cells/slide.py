@@ -419,29 +419,39 @@ RUN_STAIN_STEP = 4
 
 
 def fit_run_stain(
-    jobs: Sequence[tuple[Path, Path | None]], cfg: CellConfig, mpp: float | None = None
+    jobs: Sequence[tuple[Path, Path | None]],
+    cfg: CellConfig,
+    mpp: float | Sequence[float | None] | None = None,
+    center: str | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """One set of stain vectors for all the slides of a run (``cfg.stain_scope == "run"``).
+    """One set of stain vectors for all the slides of a run, or of one centre (``center``).
 
     A centre's H and DAB vectors belong to its assay and scanner, not to a slide; fitted per
     slide, a HER2 0 or 1+ slide holds too little DAB to pin the DAB vector, and the fitted
     vector, hence the DAB gain, changes from slide to slide with the grade — which no
     per-centre ``dab_scale`` can undo. Here the sample of every slide (``jobs``: slide and ROI
     paths), thinned to every RUN_STAIN_STEP-th pixel, is pooled into one fit. Returns None when
-    that fit fails (each slide then fits its own).
+    that fit fails (each slide then fits its own). ``mpp`` is the µm/px of files without one
+    (one for all, or one per job).
     """
     from her2scope.layout import slide_id_of
     from her2scope.slide.reader import open_slide
     from her2scope.stain import StainNormalizer
 
     pooled: list[np.ndarray] = []
-    for path, roi_path in jobs:
-        with open_slide(path, mpp=mpp) as slide:
-            width, height = slide.dimensions
-            _, _, area = _analysed_area(slide, path, slide_id_of(path), roi_path, None)
-            scfg = at_analysis_mpp(cfg, float(slide.mpp[0]))
-            for rgb in _sample(slide, area, scfg, width, height):
-                pooled.append(np.ascontiguousarray(rgb[::RUN_STAIN_STEP, ::RUN_STAIN_STEP]))
+    mpps = list(mpp) if isinstance(mpp, Sequence) else [mpp] * len(jobs)
+    skipped = 0
+    for (path, roi_path), slide_mpp in zip(jobs, mpps, strict=True):
+        try:
+            with open_slide(path, mpp=slide_mpp) as slide:
+                width, height = slide.dimensions
+                _, _, area = _analysed_area(slide, path, slide_id_of(path), roi_path, None)
+                scfg = at_analysis_mpp(cfg, float(slide.mpp[0]))
+                for rgb in _sample(slide, area, scfg, width, height):
+                    pooled.append(np.ascontiguousarray(rgb[::RUN_STAIN_STEP, ::RUN_STAIN_STEP]))
+        except Exception as exc:  # that slide fails on its own later; the others are pooled
+            log.warning("stain fit: slide '%s' left out (%s)", path, exc)
+            skipped += 1
     if not pooled:
         return None
     norm = StainNormalizer()
@@ -449,9 +459,10 @@ def fit_run_stain(
     if norm.stain_matrix is None:
         log.warning("run stain fit failed (%s); each slide fits its own", norm.reason)
         return None
-    why = f"fitted once for the run on {len(pooled)} region(s) of {len(jobs)} slide(s)"
+    whose = "the run" if center is None else f"centre {center}"
+    why = f"fitted once for {whose} on {len(pooled)} region(s) of {len(jobs) - skipped} slide(s)"
     return norm.stain_matrix, {
-        "source": "run",
+        "source": "run" if center is None else "center",
         "reason": f"{why}; {norm.reason}" if norm.reason else why,
     }
 
@@ -556,6 +567,7 @@ def run_cells(
     workers: int = 1,
     mpp: float | None = None,
     predict_dir: str | Path | None = None,
+    center: str | None = None,
 ) -> CellsReport:
     """Score every slide's cells into ``out_dir``; a failing slide is recorded and the rest go on.
 
@@ -564,6 +576,9 @@ def run_cells(
     With ``predict_dir`` (an output folder of ``her2scope predict``), each slide's cell call is
     reconciled with the CNN's (:mod:`her2scope.cells.reconcile`): a ``reconciliation`` object in
     its ``.cells.json``, ``cnn_score``/``review`` columns, and ``cells_agreement.json``.
+    Stain vectors: one fit for all the slides with ``stain_scope`` "run", or "center" and
+    ``center`` given (all the slides are that centre's); else per slide (``tiles_dir``'s
+    sidecars when given).
     """
     import pandas as pd
 
@@ -577,8 +592,9 @@ def run_cells(
     roi_dir = Path(rois) if rois is not None else None
     slide_rois = [(p, _resolve_roi(roi_dir, p, len(paths))) for p in paths]
     run_stain = None
-    if cfg.stain_scope == "run" and tiles_dir is None and len(paths) > 1:
-        run_stain = fit_run_stain(slide_rois, cfg, mpp)
+    pooled = cfg.stain_scope == "run" or (cfg.stain_scope == "center" and center is not None)
+    if pooled and len(paths) > 1:
+        run_stain = fit_run_stain(slide_rois, cfg, mpp, center)
     jobs = [
         (
             str(p),

@@ -3,7 +3,9 @@ on the slides of one split, beside the CNN, with the agreement of both with the 
 
 Reads the manifest (slides, ROIs, µm/px), the run's ``splits.csv`` and ``predictions.parquet``
 (tile probabilities, aggregated to slides by the evaluate stage's own rule), and the tiling's stain
-sidecars (the slide's fitted vectors). Writes into ``OUT/cells/`` the per-slide cell outputs of
+sidecars. Stain vectors (``cells.stain_scope``): by default one fit per centre, pooled over its
+slides (the manifest's ``center`` column): a centre's vectors belong to its assay and scanner,
+and per-slide fits change the DAB gain with the grade; "slide" uses the sidecars' per-slide fits. Writes into ``OUT/cells/`` the per-slide cell outputs of
 :func:`her2scope.cells.slide.score_slide_cells`, ``cells_summary.csv`` and
 ``cells_agreement.json``: CNN vs cell rules (confusion, quadratic κ, slides to review) and each
 of them vs the labels. A slide that fails is listed with its reason; the others go on.
@@ -143,15 +145,69 @@ def _cnn_calls(run: RunLayout, rule: str, percent_threshold: float) -> dict[str,
     return dict(zip(slides["slide_id"], slides["pred"], strict=True))
 
 
+def _mpp_of(row: Any) -> float | None:
+    import pandas as pd
+
+    mpp = getattr(row, "mpp", None)
+    return float(mpp) if mpp not in (None, "") and pd.notna(mpp) else None
+
+
+def _group_of(row: Any, scope: str) -> str | None:
+    """The stain-fit group of a manifest row: its centre, all of the run, or None (per slide)."""
+    if scope == "run":
+        return ""
+    if scope == "center":
+        import pandas as pd
+
+        centre = getattr(row, "center", None)
+        if centre is not None and pd.notna(centre) and str(centre).strip():
+            return str(centre).strip()
+    return None
+
+
+def stain_groups(
+    rows: Any, cfg: CellConfig
+) -> dict[str, tuple[np.ndarray, dict[str, Any]] | Her2ScopeError | None]:
+    """One stain fit per group of ``rows`` (per centre with ``stain_scope`` "center", one for
+    the run with "run"; none with "slide": the tiling's sidecars): group → vectors and their
+    provenance, None when the pooled fit failed (those slides use their sidecars), or the error
+    that stopped it (those slides fail). A row without a centre is scored with its sidecar.
+    """
+    from her2scope.cells.slide import fit_run_stain
+
+    members: dict[str, list[Any]] = {}
+    for r in rows.itertuples(index=False):
+        g = _group_of(r, cfg.stain_scope)
+        if g is not None:
+            members.setdefault(g, []).append(r)
+    out: dict[str, tuple[np.ndarray, dict[str, Any]] | Her2ScopeError | None] = {}
+    for g, rs in sorted(members.items()):
+        jobs = [
+            (Path(r.slide_path), Path(r.roi_path) if getattr(r, "roi_path", "") else None)
+            for r in rs
+        ]
+        try:
+            out[g] = fit_run_stain(jobs, cfg, [_mpp_of(r) for r in rs], g or None)
+        except Her2ScopeError as exc:
+            out[g] = exc
+        except Exception as exc:  # a bug or a library failure: this group fails, the others go on
+            log.debug("cells: stain fit of %r", g, exc_info=True)
+            out[g] = Her2ScopeError(describe_exception(exc))
+    return out
+
+
 def _score_slides(
     rows: Any, out: Path, tiles_dir: Path, cfg: CellConfig, workers: int
 ) -> list[dict[str, Any] | Her2ScopeError]:
     """Each manifest row's cell scoring (in ``workers`` processes), or the error it ended in."""
-    import pandas as pd
-
-    jobs = []
+    groups = stain_groups(rows, cfg)
+    jobs: list[dict[str, Any] | Her2ScopeError] = []
     for r in rows.itertuples(index=False):
-        mpp = getattr(r, "mpp", None)
+        g = _group_of(r, cfg.stain_scope)
+        pooled = groups.get(g) if g is not None else None
+        if isinstance(pooled, Her2ScopeError):
+            jobs.append(Her2ScopeError(f"stain fit of centre {g!r}: {pooled}"))
+            continue
         jobs.append(
             {
                 "slide_path": r.slide_path,
@@ -159,15 +215,20 @@ def _score_slides(
                 "roi_path": (getattr(r, "roi_path", "") or None),
                 "cfg": cfg.__dict__.copy(),
                 "tiles_dir": str(tiles_dir),
-                "mpp": float(mpp) if mpp not in (None, "") and pd.notna(mpp) else None,
+                "mpp": _mpp_of(r),
                 "slide_id": r.slide_id,
+                "run_stain": pooled,
             }
         )
-    n_workers = max(1, min(int(workers), len(jobs)))
+    todo = [j for j in jobs if isinstance(j, dict)]
+    n_workers = max(1, min(int(workers), len(todo)))
     if n_workers == 1:
-        return [_score_job(j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
-        return list(pool.map(_score_job, jobs))
+        done = [_score_job(j) for j in todo]
+    else:
+        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+            done = list(pool.map(_score_job, todo))
+    it = iter(done)
+    return [next(it) if isinstance(j, dict) else j for j in jobs]
 
 
 def _summary_row(

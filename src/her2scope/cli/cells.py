@@ -33,7 +33,10 @@ def _overrides(items: list[str] | None) -> dict[str, str]:
 
 
 def build_config(
-    settings: list[str] | None, dab_scale: float | None, target_mpp: float | None
+    settings: list[str] | None,
+    dab_scale: float | None,
+    target_mpp: float | None,
+    noise_od: float | None = None,
 ) -> CellConfig:
     """A :class:`CellConfig` from ``KEY=VALUE`` settings (YAML values) and the explicit options."""
     import difflib
@@ -63,7 +66,33 @@ def build_config(
         given["dab_scale"] = dab_scale
     if target_mpp is not None:
         given["target_mpp"] = target_mpp
-    return overlay(CellConfig(), given, {"dab_scale": "--dab-scale", "target_mpp": "--target-mpp"})
+    if noise_od is not None:
+        given["center_noise_od"] = noise_od
+    return overlay(
+        CellConfig(),
+        given,
+        {"dab_scale": "--dab-scale", "target_mpp": "--target-mpp", "center_noise_od": "--noise-od"},
+    )
+
+
+def _fitted(path: Path, center: str) -> tuple[float, float | None]:
+    """``(dab_scale, noise floor)`` of ``center`` in a ``cells_fit.json`` (``her2scope cells-fit``)."""
+    import json
+
+    from her2scope.errors import ConfigError
+
+    try:
+        centres = json.loads(path.read_text(encoding="utf-8"))["centers"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"--calibration '{path}': not a cells_fit.json of `her2scope cells-fit` ({exc})"
+        ) from None
+    if center not in centres:
+        raise ConfigError(
+            f"--calibration '{path}': no centre {center!r} (centres: {', '.join(sorted(centres))})"
+        )
+    rec = centres[center]
+    return float(rec["dab_scale"]), rec.get("noise_od")
 
 
 def _default(key: str) -> str:
@@ -107,7 +136,23 @@ def cells(
         "--site-run",
         help="Take --dab-scale from RUN/site_calibration.json (`her2scope calibrate`) for --center.",
     ),
-    center: str = typer.Option(None, "--center", help="The centre's name in --site-run."),
+    noise_od: float = typer.Option(
+        None,
+        "--noise-od",
+        help="This centre's noise floor (membrane OD of unstained membranes), from `her2scope "
+        "cells-fit` (cells.center_noise_od). Default: cells.dab_noise_od.",
+    ),
+    calibration: Path = typer.Option(
+        None,
+        "--calibration",
+        help="Take --dab-scale and --noise-od for --center from a cells_fit.json (`cells-fit`).",
+    ),
+    center: str = typer.Option(
+        None,
+        "--center",
+        help="The slides' centre: its values in --site-run or --calibration; with "
+        "cells.stain_scope=center its slides share one stain fit.",
+    ),
     predict_dir: Path = typer.Option(
         None,
         "--predict",
@@ -134,16 +179,29 @@ def cells(
     from her2scope.cli._options import bound_workers, check_mpp
     from her2scope.errors import ConfigError
 
-    if (site_run is None) != (center is None):
-        raise ConfigError("--site-run and --center go together (the run and the centre's name)")
-    if site_run is not None:
+    if site_run is not None and calibration is not None:
+        raise ConfigError("give either --site-run or --calibration, not both")
+    source = site_run if site_run is not None else calibration
+    if source is not None:
+        opt = "--site-run" if site_run is not None else "--calibration"
+        if center is None:
+            raise ConfigError(f"{opt} needs --center (the centre's name in '{source}')")
         if dab_scale is not None:
-            raise ConfigError("give either --dab-scale or --site-run/--center, not both")
+            raise ConfigError(f"give either --dab-scale or {opt}/--center, not both")
+    if site_run is not None:
         from her2scope.scoring.site import site_record
 
         dab_scale = float(site_record(site_run, center)["dab_scale"])
         typer.echo(f"centre {center}: dab_scale {dab_scale:.3f} from {site_run}")
-    cfg = build_config(settings, dab_scale, target_mpp)
+    if calibration is not None:
+        if noise_od is not None:
+            raise ConfigError("give either --noise-od or --calibration/--center, not both")
+        dab_scale, noise_od = _fitted(calibration, center)
+        floor = "dab_noise_od" if noise_od is None else f"{noise_od:.4f}"
+        typer.echo(
+            f"centre {center}: dab_scale {dab_scale:.4f}, noise floor {floor} from {calibration}"
+        )
+    cfg = build_config(settings, dab_scale, target_mpp, noise_od)
     check_mpp("--mpp", mpp)
     workers = bound_workers("--workers", workers, len(slides)) or 1
     with output_lock(out):
@@ -156,6 +214,7 @@ def cells(
             workers=workers,
             mpp=mpp,
             predict_dir=predict_dir,
+            center=center,
         )
     s = report.summary
     ok = s[s["status"] == "ok"]
@@ -203,15 +262,17 @@ def cells_fit(
     Reads each slide's cell table (as scored, with the settings recorded in its
     <slide_id>.cells.json), searches the factor that maximises the quadratic κ between calls and
     manifest labels per centre (the middle of the best plateau, so the value has a margin), and
-    writes the fitted values with the κ before and after. Use the factor of a centre with
-    `her2scope cells score --dab-scale F`.
+    writes the fitted values with the κ before and after; each centre's noise floor is the 90th
+    percentile of its HER2-0 slides' membrane OD. Apply them with
+    `her2scope cells --calibration cells_fit.json --center NAME`.
     """
     from her2scope.cells.fit import fit_dab_scale
 
     result = fit_dab_scale(manifest, cells_dir, out, cfg=build_config(settings, None, None))
     for centre, r in result["centers"].items():
+        floor = "" if r["noise_od"] is None else f", noise floor {r['noise_od']:.4f}"
         typer.echo(
-            f"centre {centre}: dab_scale {r['dab_scale']:.3f} "
+            f"centre {centre}: dab_scale {r['dab_scale']:.3f}{floor} "
             f"(κ {r['kappa_before']:.3f} → {r['kappa_after']:.3f}, {r['n_slides']} slides)"
         )
     typer.echo(f"wrote {result['path']}")
