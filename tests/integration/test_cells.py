@@ -195,8 +195,9 @@ def test_run_stain_scope_gives_every_slide_the_same_vectors(cohort: Path, tmp_pa
     slides = [cohort / p for p in man["slide_path"]]
     ids = list(man["slide_id"])
 
-    def matrices(out: Path, scope: str) -> list[dict]:
-        report = run_cells(slides, out, rois=cohort / "rois", cfg=CellConfig(stain_scope=scope))
+    def matrices(out: Path, scope: str, center: str | None = None) -> list[dict]:
+        cfg = CellConfig(stain_scope=scope)
+        report = run_cells(slides, out, rois=cohort / "rois", cfg=cfg, center=center)
         assert report.failures == []
         return [json.loads(output_paths(out, i)["summary"].read_text())["stain"] for i in ids]
 
@@ -206,6 +207,12 @@ def test_run_stain_scope_gives_every_slide_the_same_vectors(cohort: Path, tmp_pa
     assert per_run[0]["stain_matrix"] == per_run[1]["stain_matrix"]
     assert "2 slide(s)" in per_run[0]["reason"]
     assert per_slide[0]["stain_matrix"] != per_slide[1]["stain_matrix"]
+    # the default scope, "center": the slides of --center share the run's fit; unknown: per slide
+    per_centre = matrices(tmp_path / "center", "center", center="A")
+    assert [s["source"] for s in per_centre] == ["center", "center"]
+    assert [s["stain_matrix"] for s in per_centre] == [s["stain_matrix"] for s in per_run]
+    assert "centre A" in per_centre[0]["reason"]
+    assert matrices(tmp_path / "none", "center") == per_slide
 
 
 def test_stage_pools_stain_vectors_per_centre_and_goes_on_past_a_broken_slide(
