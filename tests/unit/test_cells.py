@@ -493,3 +493,26 @@ def pd_read(path) -> np.ndarray:
     import pandas as pd
 
     return pd.read_parquet(path, columns=["membrane_od_p90"])["membrane_od_p90"].to_numpy()
+
+
+def test_calibrate_od_maps_the_centre_floor_onto_the_reference_floor() -> None:
+    n, m = 0.03, 0.045  # reference floor, this centre's floor
+    od = np.array([0.0, 0.01, 0.03, 0.044, 0.045, 0.046, 0.1, 0.6], np.float32)
+    cal = calibrate_od(od, 4.0, n, m)
+    assert cal[4] == pytest.approx(n)  # the centre's floor lands on the reference's
+    np.testing.assert_allclose(cal[:5], od[:5] * n / m, rtol=1e-6)  # unstained: scaled below n
+    np.testing.assert_allclose(cal[5:], n + 4.0 * (od[5:] - m), rtol=1e-5)
+    assert np.all(np.diff(cal) > 0)  # monotone, so percentiles commute with it
+    np.testing.assert_allclose(raw_od(cal, 4.0, n, m), od, rtol=1e-5, atol=1e-7)
+    # one floor for both (the default): as before, OD below it is kept
+    np.testing.assert_array_equal(calibrate_od(od, 4.0, n, n), calibrate_od(od, 4.0, n))
+    assert calibrate_od(od, 4.0, n)[:3].tolist() == pytest.approx(od[:3].tolist())
+
+
+def test_region_measurements_use_the_centre_floor_even_at_scale_one() -> None:
+    rgb = cell_field([(64, 64)], [0.2], [1.0], 128)
+    a = analyse_region(rgb, RJ, MPP, CellConfig())
+    b = analyse_region(rgb, RJ, MPP, CellConfig(center_noise_od=0.045))
+    n = CellConfig().dab_noise_od
+    assert a.membrane_od_p90[0] > 0.045
+    np.testing.assert_allclose(b.membrane_od_p90, n + (a.membrane_od_p90 - 0.045), rtol=1e-4)
