@@ -39,6 +39,7 @@ from her2scope._configbase import (
     field_names,
     problem,
     show,
+    to_dict,
     translate,
     validate_section,
 )
@@ -232,23 +233,6 @@ def _salvage(data: dict[str, Any], problems: list[Problem]) -> RunConfig | None:
         except ValidationError as exc:
             problems = translate(exc, RunConfig)
     return None
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, YAML-safe dictionary of a (nested) config section; tuples become lists."""
-
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, (list, tuple)):
-            return [conv(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): conv(x) for k, x in v.items()}
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return typing.cast(dict[str, Any], conv(cfg))
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:

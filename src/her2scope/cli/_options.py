@@ -79,8 +79,7 @@ def overlay(base: T, given: Mapping[str, Any], options: Mapping[str, str]) -> T:
     """
     from pydantic import ValidationError
 
-    from her2scope._configbase import SECTION_NAMES, adapter, translate
-    from her2scope.config import to_dict
+    from her2scope._configbase import SECTION_NAMES, adapter, to_dict, translate
 
     changes = {k: v for k, v in given.items() if v is not None}
     cls = type(base)
