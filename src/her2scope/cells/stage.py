@@ -146,10 +146,10 @@ def _cnn_calls(run: RunLayout, rule: str, percent_threshold: float) -> dict[str,
 
 
 def _mpp_of(row: Any) -> float | None:
-    import pandas as pd
+    """The row's manifest µm/px (None when empty)."""
+    from her2scope.cohort.manifest import mpp_of
 
-    mpp = getattr(row, "mpp", None)
-    return float(mpp) if mpp not in (None, "") and pd.notna(mpp) else None
+    return mpp_of(getattr(row, "mpp", None))
 
 
 def _group_of(row: Any, scope: str) -> str | None:

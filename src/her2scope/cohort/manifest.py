@@ -170,9 +170,10 @@ def read_manifest(
     return Manifest(path, df.reset_index(drop=True), list(lines), notes)
 
 
-def mpp_of(value: str) -> float | None:
-    """The ``mpp`` cell of a validated manifest row as a float (None when empty)."""
-    return _positive_float(value) if value else None
+def mpp_of(value: str | float | None) -> float | None:
+    """The ``mpp`` cell of a manifest row (text, or a number as pandas reads it) as a positive
+    float; None when empty, NaN or not a positive number."""
+    return _positive_float(str(value)) if value not in (None, "") else None
 
 
 def _row_of(problem: str) -> float:

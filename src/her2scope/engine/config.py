@@ -108,12 +108,9 @@ class TrainConfig:
             message = factor_range_problem(name, getattr(self, name))
             if message:
                 out.append((f"train.{name}", message))
-        r = self.dab_order_range
-        if not (len(r) == 2 and all(math.isfinite(v) for v in r) and 1 < r[0] <= r[1]):
-            out.append((
-                "train.dab_order_range",
-                f"train.dab_order_range={list(r)}: give two factors 1 < lo <= hi, e.g. [1.25, 4]",
-            ))  # fmt: skip
+        message = order_range_problem(self.dab_order_range)
+        if message:
+            out.append(("train.dab_order_range", message))
         if out:
             raise problems_error(out)
         return self
@@ -159,6 +156,16 @@ def factor_range_problem(name: str, value: tuple[float, ...]) -> str | None:
     return (
         f"train.{name}={list(value)}: give two positive factors lo <= hi, e.g. [0.3, 1.5], "
         "or [] to turn it off"
+    )
+
+
+def order_range_problem(value: tuple[float, ...]) -> str | None:
+    """``train.dab_order_range``: two finite factors ``1 < lo <= hi``; else a message."""
+    if len(value) == 2 and all(math.isfinite(v) for v in value) and 1 < value[0] <= value[1]:
+        return None
+    return (
+        f"train.dab_order_range={list(value)}: give two factors 1 < lo <= hi (the copy's DAB is "
+        "scaled by lo..hi or its inverse), e.g. [1.25, 4]"
     )
 
 

@@ -63,14 +63,13 @@ class DabOrderLoss:
         stain_matrix: Sequence[Sequence[float]] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
+        from her2scope.engine.config import order_range_problem
         from her2scope.stain.augment import stain_basis
 
-        lo, hi = (float(v) for v in factor_range) if len(factor_range) == 2 else (0.0, 0.0)
-        if not (math.isfinite(lo) and math.isfinite(hi) and 1.0 < lo <= hi):
-            raise ConfigError(
-                f"train.dab_order_range={list(factor_range)}: give two factors 1 < lo <= hi "
-                "(the copy's DAB is scaled by lo..hi or its inverse), e.g. [1.25, 4]"
-            )
+        message = order_range_problem(tuple(float(v) for v in factor_range))
+        if message:
+            raise ConfigError(message)
+        lo, hi = (float(v) for v in factor_range)
         if not (math.isfinite(weight) and weight > 0):
             raise ConfigError(f"train.dab_order_weight={weight}: must be > 0 to use the loss")
         self.weight, self.lo, self.hi = float(weight), lo, hi

@@ -272,14 +272,14 @@ def _site_tiles(run_cfg: Any, slides: Any, workers: int) -> tuple[Any, dict[str,
     """Tile each manifest row as prediction does and fit its stain normaliser on its own tiles."""
     import pandas as pd
 
+    from her2scope.cohort.manifest import mpp_of
     from her2scope.stain.slides import fit_slide_normalizer as _fit_normalizer
     from her2scope.tiling import tile_slide
 
     parts, norms = [], {}
     for row in slides.itertuples(index=False):
         roi = getattr(row, "roi_path", "") or None
-        mpp = getattr(row, "mpp", None)
-        mpp = float(mpp) if mpp not in (None, "") and not pd.isna(mpp) else None
+        mpp = mpp_of(getattr(row, "mpp", None))
         tiles, _ = tile_slide(
             row.slide_path, row.slide_id, run_cfg.tiling, roi_path=roi, mpp=mpp, workers=workers
         )
