@@ -41,9 +41,7 @@ PRIORS = {
 def posterior(r: np.ndarray, mu: np.ndarray, sd: float, lo: float, hi: float) -> np.ndarray:
     """P(grade | log intensity r) with the assay factor log-uniform on [lo, hi] (a point if equal)."""
     shifts = np.log(np.geomspace(lo, hi, 25)) if hi > lo else np.zeros(1)
-    lik = np.stack(
-        [np.mean([norm.pdf(r, m + d, sd) for d in shifts], axis=0) for m in mu], axis=1
-    )
+    lik = np.stack([np.mean([norm.pdf(r, m + d, sd) for d in shifts], axis=0) for m in mu], axis=1)
     return lik / lik.sum(axis=1, keepdims=True)
 
 
@@ -57,7 +55,8 @@ def main() -> None:
     sd = math.hypot(P.SIGMA_PATIENT, P.SIGMA_SLIDE)  # a patient's slide: patient + slide offsets
     y = np.repeat(np.arange(len(GRADES)), args.n)
     base = mu[y] + rng.normal(0.0, sd, y.size)
-    print(f"grade medians {dict(zip(GRADES, np.round(np.exp(mu), 2)))}, log spread {sd:.3f}")
+    medians = {g: round(float(np.exp(m)), 2) for g, m in zip(GRADES, mu, strict=True)}
+    print(f"grade medians {medians}, log spread {sd:.3f}")
     print("patient macro-AUC (AUC 2+) at a site whose assay shows a x the training DAB")
     print("| observer | " + " | ".join(f"a = {a:g}" for a in SITES) + " |")
     print("|---|" + "---|" * len(SITES))
