@@ -6,8 +6,9 @@ CIs from :func:`her2scope.evaluate.run.evaluate_predictions` (no metric re-imple
 
 1. at the run's own held-out centre (its ``test`` split), uncalibrated;
 2. at an external *site* cohort (``--site-tiles``, another unseen hard centre), with the site
-   calibration of :mod:`her2scope.scoring.site`: none (k = 1), unsupervised (median DAB matching,
-   assumes a similar grade mix), and supervised with 1, 2 and 4 labelled calibration patients per
+   calibration of :mod:`her2scope.scoring.site`: none (k = 1), unsupervised by grade mix (the
+   default of ``her2scope calibrate --unsupervised``) and by median DAB (``--unsupervised-method
+   dab``; both assume a similar grade mix), and supervised with 1, 2 and 4 labelled calibration patients per
    class drawn ``--draws`` times; calibration patients are excluded from the test.
 
 Usage (see docs/generalisation.md for the whole recipe)::
@@ -64,6 +65,7 @@ def run_one(
     grid_stride: int = 1,
 ) -> dict[str, Any]:
     from her2scope.engine.checkpoint import load_run_model
+    from her2scope.errors import ConfigError
     from her2scope.evaluate.run import evaluate_run
     from her2scope.labels import get_scheme
     from her2scope.scoring import site as S
@@ -108,6 +110,14 @@ def run_one(
     site_stats = [S.slide_dab_statistic(x[(tiles["slide_id"] == s).to_numpy()]) for s in slide_ids]
     train_stats = S._training_dab_stats(meta, Path(run_dir))
     k_uns = S.unsupervised_dab_scale(site_stats, train_stats)
+    slide_pos = tiles["slide_id"].map({s: i for i, s in enumerate(slide_ids)}).to_numpy()
+    target = S.training_mean_grade(run_dir, classes)
+    try:
+        k_mix: float | None = S.fit_grade_mix_scale(
+            lambda f: cache[f], slide_pos, len(slide_ids), target, grid=grid
+        )[0]
+    except ConfigError as e:  # a model that does not rank DAB: reported, not fitted
+        k_mix, mix_error = None, str(e)
     site: dict[str, Any] = {
         "centre": centre,
         "none": _patient_metrics(
@@ -117,12 +127,25 @@ def run_one(
             classes,
             n_boot,
         ),
-        "unsupervised": {
+        "unsupervised_dab": {
             "k": k_uns,
             **_patient_metrics(
                 _pred_frame(tiles, S.tile_probs_at(model, meta, x, k_uns), classes), classes, n_boot
             ),
         },
+        "unsupervised": (
+            {
+                "k": k_mix,
+                "train_mean_grade": target,
+                **_patient_metrics(
+                    _pred_frame(tiles, S.tile_probs_at(model, meta, x, k_mix), classes),
+                    classes,
+                    n_boot,
+                ),
+            }
+            if k_mix is not None
+            else {"k": None, "refused": mix_error}
+        ),
     }
 
     # supervised: n calibration patients per class, drawn `draws` times; test on the others
@@ -195,11 +218,19 @@ def main() -> None:
         print(
             f"{label}: held-out {h['centre']} macro-AUC {_fmt(h['macro_auc'])} acc {_fmt(h['accuracy'])} "
             f"κ {_fmt(h['kappa_quadratic'])} | site {a.centre}: none {_fmt(s['none']['macro_auc'])} "
-            f"acc {_fmt(s['none']['accuracy'])}; unsup k={s['unsupervised']['k']:.2f} "
-            f"{_fmt(s['unsupervised']['macro_auc'])} acc {_fmt(s['unsupervised']['accuracy'])} "
-            f"κ {_fmt(s['unsupervised']['kappa_quadratic'])}",
+            f"acc {_fmt(s['none']['accuracy'])}",
             flush=True,
         )
+        for key in ("unsupervised", "unsupervised_dab"):
+            u = s[key]
+            if u["k"] is None:
+                print(f"   {key}: refused: {u['refused']}", flush=True)
+                continue
+            print(
+                f"   {key}: k={u['k']:.2f} {_fmt(u['macro_auc'])} acc {_fmt(u['accuracy'])} "
+                f"κ {_fmt(u['kappa_quadratic'])}",
+                flush=True,
+            )
         for n in (1, 2, 4):
             print(f"   supervised {n}/class: {s[f'supervised_{n}']}", flush=True)
         write_json(a.out, {"synthetic": True, "rows": rows})

@@ -50,7 +50,7 @@ def test_calibrate_then_predict_center_round_trip(site_setup, tmp_path: Path) ->
     assert stored["dab_scale"] == rec["dab_scale"]
     with pytest.raises(ConfigError, match="no slide of centre 'Z'"):
         calibrate_site(run, d / "site.csv", "Z")
-    uns = calibrate_site(run, d / "site.csv", "C", unsupervised=True)
+    uns = calibrate_site(run, d / "site.csv", "C", unsupervised=True, unsupervised_method="dab")
     assert uns["method"] == "unsupervised_dab_quantile" and uns["dab_scale"] > 0
     assert "grade mix" in uns["assumption"]  # the assumption travels with the factor
 
@@ -68,3 +68,22 @@ def test_calibrate_then_predict_center_round_trip(site_setup, tmp_path: Path) ->
     assert doc0["site_calibration"] is None
     with pytest.raises(ConfigError, match="no site calibration for centre 'D'"):
         score_slides([slide], run, tmp_path / "d", center="D")
+
+
+def test_calibrate_cli_unsupervised_methods(site_setup, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from her2scope.cli import app
+
+    run0, d = site_setup
+    run = tmp_path / "run"
+    shutil.copytree(run0, run)
+    base = ["calibrate", str(run), "--manifest", str(d / "site.csv"), "--center", "C"]
+    bad = CliRunner().invoke(app, [*base, "--unsupervised", "--unsupervised-method", "median"])
+    assert bad.exit_code == 2 and "--unsupervised-method" in bad.output
+    assert not (run / "site_calibration.json").exists()  # nothing written on a refused option
+    ok = CliRunner().invoke(app, [*base, "--unsupervised", "--unsupervised-method", "dab"])
+    assert ok.exit_code == 0, ok.output
+    assert "unsupervised_dab_quantile" in ok.output and "assumption: " in ok.output
+    stored = json.loads((run / "site_calibration.json").read_text())["centers"]["C"]
+    assert stored["method"] == "unsupervised_dab_quantile"

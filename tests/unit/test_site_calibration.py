@@ -14,11 +14,13 @@ from her2scope.errors import ConfigError
 from her2scope.scoring.site import (
     apply_site,
     fit_dab_scale,
+    fit_grade_mix_scale,
     load_sites,
     save_site,
     site_record,
     slide_dab_statistic,
     tile_probs_at,
+    training_mean_grade,
     unsupervised_dab_scale,
 )
 from her2scope.stain.augment import stain_basis
@@ -115,3 +117,56 @@ def test_unsupervised_factor_is_the_ratio_of_medians() -> None:
     assert unsupervised_dab_scale([s_weak, s_weak], [s_strong]) == pytest.approx(2.5, rel=0.03)
     with pytest.raises(ConfigError, match="no DAB measured"):
         unsupervised_dab_scale([0.0], [0.4])
+
+
+def _weak_centre(weak: float = 0.4) -> tuple[torch.Tensor, list[int]]:
+    """One tile per slide, two slides per class, at a centre showing ``weak`` × the DAB."""
+    true = [0, 0, 1, 1, 2, 2]
+    levels = [float(CENTRES[c]) * weak * f for c, f in zip(true, [0.9, 1.1] * 3, strict=True)]
+    return _tiles(levels), true
+
+
+def test_grade_mix_factor_recovers_a_weak_assay_without_labels() -> None:
+    """The centre's mix equals the training mix (mean grade 1.0): the factor lands near 1/0.4."""
+    model = HandDab()
+    x, true = _weak_centre(0.4)
+    assert _calls(model, x, 1.0) != true
+    k, curve = fit_grade_mix_scale(
+        lambda f: tile_probs_at(model, META, x, f), np.arange(len(true)), len(true), 1.0
+    )
+    assert 2.0 <= k <= 3.2, k
+    assert _calls(model, x, k) == true
+    grades = [c["mean_grade"] for c in curve]
+    assert grades == sorted(grades) and grades[0] < 1.0 < grades[-1]
+    # a skewed target (a training mix richer in 3+) pushes the factor up: the stated assumption matters
+    k_rich, _ = fit_grade_mix_scale(
+        lambda f: tile_probs_at(model, META, x, f), np.arange(len(true)), len(true), 1.3
+    )
+    assert k_rich > k * 1.1
+
+
+def test_grade_mix_refuses_a_model_that_does_not_rank_dab_and_an_unreachable_mix() -> None:
+    x, true = _weak_centre(0.4)
+    idx, n = np.arange(len(true)), len(true)
+
+    class Inverted(HandDab):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x).flip(1)  # more DAB, lower grade
+
+    inv = Inverted()
+    with pytest.raises(ConfigError, match="does not rank DAB"):
+        fit_grade_mix_scale(lambda f: tile_probs_at(inv, META, x, f), idx, n, 1.0)
+    model = HandDab()
+    with pytest.raises(ConfigError, match="no DAB factor"):
+        fit_grade_mix_scale(lambda f: tile_probs_at(model, META, x, f), idx, n, 2.5)
+
+
+def test_training_mean_grade_reads_the_runs_training_slides(tmp_path) -> None:
+    (tmp_path / "splits.csv").write_text(
+        "slide_id,patient_id,center,label,split\n"
+        "a,p1,A,1+,train\nb,p2,A,3+,train\nc,p3,A,3+,train\nd,p4,A,1+,val\ne,p5,B,1+,test\n"
+    )
+    assert training_mean_grade(tmp_path, ["1+", "2+", "3+"]) == pytest.approx(4 / 3)
+    (tmp_path / "splits.csv").write_text("slide_id,patient_id,center,label,split\nd,p4,A,1+,val\n")
+    with pytest.raises(ConfigError, match="no labelled training slide"):
+        training_mean_grade(tmp_path, ["1+", "2+", "3+"])

@@ -13,11 +13,18 @@ Two ways to fit ``k`` (``her2scope calibrate``):
 - **supervised** (default): a few labelled slides of the centre (e.g. 2 per class); ``k`` minimises
   the slide-level negative log-likelihood of their labels under the run's model, over a log grid,
   with a weak prior towards ``k = 1`` (so that one slide cannot push it to the grid's edge).
-- **unsupervised** (``--unsupervised``, an explicit option, never the default): ``k`` matches the
-  median over the centre's slides of a slide-level DAB statistic (99th percentile of tissue DAB
-  concentration) to the median over the run's training slides. **Assumption: the centre's slides
-  have a similar grade mix to the training centres'**; with a skewed mix (e.g. a 3+-rich referral
-  centre) ``k`` is biased. The assumption is stored with ``k``.
+- **unsupervised** (``--unsupervised``, an explicit option, never the default), two methods, both
+  resting on one **assumption: the centre's slides have a similar grade mix to the training
+  centres'**; with a skewed mix (e.g. a 3+-rich referral centre) ``k`` is biased. The assumption
+  is stored with ``k``.
+
+  - ``grade_mix`` (the default method): ``k`` is where the mean over the centre's slides of the
+    model's expected grade (slide probabilities · class index) equals the mean grade of the run's
+    training slides, found on the grid and interpolated in log ``k``. It measures in the model's
+    own terms what the centre needs, so it needs a model whose expected grade rises with the DAB
+    factor (the DAB-order loss trains that); it refuses a model where it does not.
+  - ``dab``: ``k`` matches the median over the centre's slides of a slide-level DAB statistic
+    (99th percentile of tissue DAB concentration) to the median over the run's training slides.
 
 The result is stored in ``RUN/site_calibration.json`` under the centre's name (atomic write);
 ``her2scope predict --center NAME`` applies it and records it in each slide's JSON.
@@ -52,6 +59,15 @@ UNSUPERVISED_ASSUMPTION = (
     "the centre's slides have a grade mix similar to the training centres' (median slide DAB "
     "statistic matched); biased when the mix is skewed"
 )
+GRADE_MIX_ASSUMPTION = (
+    "the centre's slides have a grade mix similar to the training centres' (mean expected grade "
+    "matched to the training slides' mean grade); biased when the mix is skewed"
+)
+#: Unsupervised methods of :func:`calibrate_site`.
+UNSUPERVISED_METHODS: tuple[str, ...] = ("grade_mix", "dab")
+#: How far (in grades) the mean expected grade may fall between neighbouring grid factors before
+#: the grade-mix method calls the model non-monotone in DAB and refuses it.
+MONOTONE_TOL = 0.05
 
 
 def site_file(run_dir: str | Path) -> Path:
@@ -265,6 +281,94 @@ def unsupervised_dab_scale(site_stats: Sequence[float], train_stats: Sequence[fl
     return float(t / s)
 
 
+def mean_expected_grade(
+    probs: np.ndarray, slide_index: np.ndarray, n_slides: int, rule: str, percent_threshold: float
+) -> float:
+    """Mean over slides ``0..n_slides-1`` of the expected class index of their aggregated
+    probabilities (``rule`` as in evaluation)."""
+    from her2scope.evaluate.aggregate import aggregate_probs
+
+    grades = np.arange(probs.shape[1], dtype=np.float64)
+    vals = []
+    for s in range(n_slides):
+        p, _ = aggregate_probs(probs[slide_index == s], rule, percent_threshold)  # type: ignore[arg-type]
+        vals.append(float(np.dot(np.asarray(p, np.float64), grades)))
+    return float(np.mean(vals))
+
+
+def fit_grade_mix_scale(
+    tile_probs_for: Any,
+    slide_index: np.ndarray,
+    n_slides: int,
+    target: float,
+    rule: str = "mean",
+    percent_threshold: float = 10.0,
+    grid: Sequence[float] = K_GRID,
+) -> tuple[float, list[dict[str, float]]]:
+    """Unsupervised DAB factor by grade mix: ``k`` where the slides' mean expected grade equals
+    ``target`` (the training slides' mean grade), interpolated in log ``k`` between grid points.
+
+    ``ConfigError`` when the mean expected grade falls by more than :data:`MONOTONE_TOL` between
+    neighbouring grid factors (the model does not rank DAB, so matching means nothing) or when no
+    factor of the grid reaches ``target`` (the centre's mix or assay is outside the grid's reach).
+    Returns ``k`` and the curve (``k, mean_grade`` per grid point).
+    """
+    if n_slides == 0:
+        raise ConfigError("unsupervised calibration needs at least one slide of the centre")
+    grid = sorted(grid)
+    curve = [
+        {
+            "k": round(k, 6),
+            "mean_grade": mean_expected_grade(
+                tile_probs_for(k), slide_index, n_slides, rule, percent_threshold
+            ),
+        }
+        for k in grid
+    ]
+    e = np.array([c["mean_grade"] for c in curve])
+    drops = e[:-1] - e[1:]
+    if drops.size and drops.max() > MONOTONE_TOL:
+        i = int(np.argmax(drops))
+        raise ConfigError(
+            f"grade-mix calibration: the model's mean expected grade at this centre falls from "
+            f"{e[i]:.2f} to {e[i + 1]:.2f} as the DAB factor rises from {grid[i]:.2f} to "
+            f"{grid[i + 1]:.2f}, so it does not rank DAB and matching its grade mix means nothing; "
+            "use labelled calibration slides, a run trained with train.dab_order_weight > 0, or "
+            "--unsupervised-method dab"
+        )
+    if not e[0] <= target <= e[-1]:
+        raise ConfigError(
+            f"grade-mix calibration: no DAB factor in {grid[0]:.2f}-{grid[-1]:.2f} gives this "
+            f"centre the training slides' mean grade {target:.2f} (it ranges {e[0]:.2f}-"
+            f"{e[-1]:.2f}); the centre's grade mix is far from the training mix: use labelled "
+            "calibration slides"
+        )
+    j = int(np.searchsorted(e, target, side="left"))  # first grid point at or above the target
+    if j == 0 or e[j] == target or e[j] == e[j - 1]:
+        return float(grid[j]), curve
+    t = (target - e[j - 1]) / (e[j] - e[j - 1])
+    k = math.exp(math.log(grid[j - 1]) + t * (math.log(grid[j]) - math.log(grid[j - 1])))
+    return float(k), curve
+
+
+def training_mean_grade(run_dir: str | Path, classes: Sequence[str]) -> float:
+    """Mean class index of the run's training slides (``splits.csv``)."""
+    from her2scope.cohort import read_splits
+
+    splits = read_splits(RunLayout(Path(run_dir)).splits)
+    labels = splits.loc[splits["split"] == "train", "label"].astype(str)
+    known = [classes.index(v) for v in labels if v in classes]
+    if not known:
+        raise ConfigError(
+            f"unsupervised calibration: the run '{run_dir}' lists no labelled training slide in "
+            "its splits.csv; use labelled calibration slides instead"
+        )
+    return float(np.mean(known))
+
+
+# --- the calibrate command -----------------------------------------------------------------------
+
+
 # --- the calibrate command -----------------------------------------------------------------------
 
 
@@ -329,6 +433,7 @@ def calibrate_site(
     center: str,
     unsupervised: bool = False,
     workers: int = 1,
+    unsupervised_method: str = "grade_mix",
 ) -> dict[str, Any]:
     """Fit centre ``center``'s DAB factor from the manifest's slides of that centre and store it in
     ``RUN/site_calibration.json``; returns the stored record (see the module doc)."""
@@ -338,6 +443,11 @@ def calibrate_site(
     from her2scope.engine.checkpoint import load_run_model
     from her2scope.labels import get_scheme
 
+    if unsupervised_method not in UNSUPERVISED_METHODS:
+        raise ConfigError(
+            f"unsupervised method {unsupervised_method!r}: choose one of "
+            + ", ".join(UNSUPERVISED_METHODS)
+        )
     run_dir = Path(run_dir)
     model, meta = load_run_model(run_dir, "best", device="cpu")
     cfg = meta.config
@@ -361,7 +471,25 @@ def calibrate_site(
         "applied_as": "DAB concentration × dab_scale on the stain-normalisation reference basis, "
         "after stain normalisation, before the model",
     }
-    if unsupervised:
+    if unsupervised and unsupervised_method == "grade_mix":
+        scheme = get_scheme(cfg.cohort.label_scheme)
+        target = training_mean_grade(run_dir, list(scheme.classes))
+        k, curve = fit_grade_mix_scale(
+            lambda f: tile_probs_at(model, meta, x, f),
+            slide_index,
+            len(ids),
+            target,
+            cfg.evaluate.aggregate,
+            cfg.evaluate.percent_threshold,
+        )
+        at1 = min(curve, key=lambda c: abs(c["k"] - 1.0))
+        record.update(
+            method="unsupervised_grade_mix",
+            assumption=GRADE_MIX_ASSUMPTION,
+            train_mean_grade=target,
+            site_mean_grade_at_1=at1["mean_grade"],
+        )
+    elif unsupervised:
         site_stats = [slide_dab_statistic(x[slide_index == i]) for i in range(len(ids))]
         train_stats = _training_dab_stats(meta, run_dir)
         k = unsupervised_dab_scale(site_stats, train_stats)
