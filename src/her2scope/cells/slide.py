@@ -21,7 +21,6 @@ import logging
 import math
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from her2scope._io import write_json
+from her2scope._pool import process_pool
 from her2scope._progress import track
 from her2scope.cells.classify import (
     INTENSITY_CLASSES,
@@ -608,7 +608,7 @@ def run_cells(
         for p, r in slide_rois
     ]
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        with process_pool(min(workers, len(jobs))) as pool:
             results = list(pool.map(_one, jobs))
     else:
         results = [_one(j) for j in jobs]

@@ -14,13 +14,13 @@ of them vs the labels. A slide that fails is listed with its reason; the others 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from her2scope._io import atomic_open, write_json
+from her2scope._pool import process_pool
 from her2scope.cells.classify import PATTERNS
 from her2scope.cells.config import CellConfig
 from her2scope.cells.fit import label_index, quadratic_kappa
@@ -225,7 +225,7 @@ def _score_slides(
     if n_workers == 1:
         done = [_score_job(j) for j in todo]
     else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        with process_pool(n_workers) as pool:
             done = list(pool.map(_score_job, todo))
     it = iter(done)
     return [next(it) if isinstance(j, dict) else j for j in jobs]

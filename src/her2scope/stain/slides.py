@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from her2scope._io import write_json
+from her2scope._pool import process_pool
 from her2scope._progress import track
 from her2scope.errors import ConfigError, Her2ScopeError
 from her2scope.layout import TilesLayout
@@ -202,7 +202,7 @@ def fit_stains(tiles_dir: str | Path, cfg: StainConfig, workers: int = 1) -> dic
                 outcome = exc
             record(slide_id, rows, outcome)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             futures = [(s, r, pool.submit(_fit_one, s, r, cfg)) for s, r in jobs]
             for slide_id, rows, fut in track(futures, "stain fit"):
                 try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from her2scope._io import atomic_path, write_json, write_text
+from her2scope._pool import process_pool
 from her2scope._progress import track
 from her2scope.errors import ConfigError
 from her2scope.labels import HER2_SCORES, parse_score
@@ -162,7 +162,7 @@ def make_cohort(
     results: list[dict[str, Any]] = []
     desc = f"synth: rendering {len(jobs)} slides"
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:
             results = list(track(pool.map(_render_and_write, jobs), desc, total=len(jobs)))
     else:
         results = [_render_and_write(j) for j in track(jobs, desc, total=len(jobs))]
