@@ -389,12 +389,20 @@ def test_predict_uses_the_runs_calibration_and_reflex_policy(
 
 
 def test_resume_skips_a_scored_slide_and_rescores_when_settings_differ(
-    tiny_scoring_run: Path, qc_slides: dict[str, Path], tmp_path: Path, caplog
+    tiny_scoring_run: Path,
+    qc_slides: dict[str, Path],
+    tmp_path: Path,
+    caplog,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import logging
 
+    import her2scope.engine.infer as infer
     from her2scope.scoring import score_slides
     from her2scope.scoring.qc import QCConfig
+
+    # the default on a CPU without native bf16 (the guarded bf16 path has its own test)
+    monkeypatch.setattr(infer, "cpu_bf16_native", lambda: False)
 
     out = tmp_path / "pred"
     first = score_slides([qc_slides["ihc"]], tiny_scoring_run, out)
@@ -509,3 +517,54 @@ def test_onnx_export_and_predict_backend_onnx(
     bad = CliRunner().invoke(app, ["export", str(run), "--onnx", "--out", str(link)])
     assert bad.exit_code != 0 and "would replace an input" in str(bad.exception or bad.output)
     assert (run / "checkpoints" / "best.pt").read_bytes() == before
+
+
+def test_default_on_a_bf16_cpu_keeps_fp32_calls_by_rescoring_near_decisions(
+    tiny_scoring_run: Path,
+    qc_slides: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--precision auto`` on a CPU with native bf16: bf16, and a slide whose decisions are within
+    the guard's tolerance is scored again in fp32 (then its probabilities are fp32's)."""
+    import her2scope.engine.infer as infer
+    import her2scope.scoring.guard as guard
+    from her2scope.engine.infer import InferenceOptions
+    from her2scope.scoring import score_slides
+
+    slide = qc_slides["ihc"]
+    fp32 = score_slides(
+        [slide], tiny_scoring_run, tmp_path / "fp32", inference=InferenceOptions(precision="fp32")
+    ).summary.iloc[0]
+    monkeypatch.setattr(infer, "cpu_bf16_native", lambda: True)  # autocast bf16 runs on any CPU
+
+    monkeypatch.setattr(guard, "GUARD_TOL", 1.0)  # every decision "near": always rescored
+    always = score_slides([slide], tiny_scoring_run, tmp_path / "always").summary.iloc[0]
+    doc = _doc(tmp_path / "always", "ihc")
+    assert doc["inference"]["guard"]["rescored_in_fp32"] is True
+    assert doc["inference"]["guard"]["reason"]
+    assert doc["inference"]["precision"] == "fp32" and doc["inference"]["precision_asked"] == "bf16"
+    assert always["inference"] == "torch/fp32/channels_last/guarded"
+    assert always["score"] == fp32["score"] and always["reflex_fish"] == fp32["reflex_fish"]
+    np.testing.assert_allclose(
+        always.filter(like="prob_").to_numpy(float),
+        fp32.filter(like="prob_").to_numpy(float),
+        rtol=0,
+        atol=1e-5,
+    )
+
+    monkeypatch.setattr(guard, "GUARD_TOL", 0.0)  # nothing is near: the bf16 call stands
+    never = score_slides([slide], tiny_scoring_run, tmp_path / "never").summary.iloc[0]
+    doc = _doc(tmp_path / "never", "ihc")
+    assert doc["inference"]["guard"] == {"tolerance": 0.0, "rescored_in_fp32": False}
+    assert doc["inference"]["precision"] == "bf16"
+    assert never["inference"] == "torch/bf16/channels_last/guarded"
+    diff = np.abs(
+        never.filter(like="prob_").to_numpy(float) - fp32.filter(like="prob_").to_numpy(float)
+    )
+    assert diff.max() < 5e-2  # bf16: close to fp32, not equal
+
+    monkeypatch.setattr(infer, "cpu_bf16_native", lambda: False)  # no native bf16: plain fp32
+    plain = score_slides([slide], tiny_scoring_run, tmp_path / "plain").summary.iloc[0]
+    assert plain["inference"] == "torch/fp32/channels_last"
+    assert "guard" not in _doc(tmp_path / "plain", "ihc")["inference"]

@@ -69,8 +69,11 @@ def predict(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto (fp32 on a CPU, the run's AMP setting on CUDA), fp32, or bf16: faster on CPUs "
-        "with native bf16 but probabilities differ by ~1e-2, so a call can depend on the CPU.",
+        help="auto: on a CPU with native bf16, bf16 with an fp32 recheck of every slide whose "
+        "class or reflex flag is within bf16's error of its threshold (so the calls are fp32's on "
+        "any CPU; probabilities may differ in the 3rd decimal); fp32 on other CPUs; the run's AMP "
+        "setting on CUDA. fp32: always fp32. bf16: bf16 without the recheck (a call can depend on "
+        "the CPU). docs/performance.md.",
     ),
     onnx: Path = typer.Option(
         None, "--onnx", help="ONNX file for --backend onnx. Default: RUN/checkpoints/best.onnx."

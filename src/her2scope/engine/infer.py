@@ -4,9 +4,11 @@ Three ways to run a model on tiles, chosen by :class:`InferenceOptions`:
 
 - ``torch`` fp32 in channels_last memory format (the default): the same numbers as the eager
   model within float rounding (docs/performance.md gives the measured difference), on every CPU;
-- ``torch`` with bf16 autocast on CPUs with native bf16 (opt-in, ``precision="bf16"``): faster, but
-  probabilities move by about 1e-2, so a slide near a class boundary could be called differently
-  on another CPU; never the default for that reason;
+- ``torch`` with bf16 autocast on CPUs with native bf16: faster, but probabilities move by a few
+  1e-3. ``precision="bf16"`` uses it as is; ``her2scope predict``'s default (``auto``) uses it
+  with a guard (:func:`guarded_bf16`, :mod:`her2scope.scoring.guard`): a slide whose decisions sit
+  within bf16's error of a threshold is scored again in fp32, so its calls are fp32's on every
+  CPU. ``evaluate`` and training's validation stay fp32 (their metrics rank probabilities);
 - ``onnx``: the run's exported graph (``her2scope export RUN --onnx``) in ONNX Runtime, fp32.
 
 Pixels are read by reader threads that run ahead of the model (:func:`prefetch_batches`); the
@@ -104,6 +106,18 @@ def cpu_bf16_native() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def guarded_bf16(options: InferenceOptions, device_type: str) -> bool:
+    """Whether ``predict`` runs bf16 with an fp32 recheck near decisions
+    (:mod:`her2scope.scoring.guard`): ``precision="auto"`` on the torch backend, on a CPU with
+    native bf16. Elsewhere ``auto`` stays fp32 (and, on CUDA, the run's autocast)."""
+    return (
+        options.backend == "torch"
+        and options.precision == "auto"
+        and device_type == "cpu"
+        and cpu_bf16_native()
+    )
 
 
 class Predictor:

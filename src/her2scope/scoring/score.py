@@ -272,6 +272,8 @@ def _inference_label(rec: dict[str, Any] | None) -> str:
     parts = [str(rec.get("backend")), str(rec.get("precision"))]
     if rec.get("channels_last"):
         parts.append("channels_last")
+    if rec.get("guard"):  # bf16 with the fp32 recheck (scoring.guard); precision says which ran
+        parts.append("guarded")
     return "/".join(parts)
 
 
@@ -318,7 +320,7 @@ def score_slides(
 
     import pandas as pd
 
-    from her2scope.engine.infer import InferenceOptions
+    from her2scope.engine.infer import InferenceOptions, guarded_bf16
     from her2scope.engine.predict import resolve_device
 
     t_start = time.perf_counter()
@@ -358,8 +360,9 @@ def score_slides(
     )
     ensure_writable(out)
     dev = resolve_device(device)
+    fingerprint = {**opts.fingerprint(), "guarded_bf16": guarded_bf16(opts, dev.type)}
     settings = ScoreSettings.for_call(
-        Path(run_dir), qc, force, center, cells, mpp, dev.type, opts.fingerprint()
+        Path(run_dir), qc, force, center, cells, mpp, dev.type, fingerprint
     )
     calls = _plan_slides(paths, rois, len(slides), out, settings, cells, rescore)
     runner = _load_runner(run_dir, dev, center, opts, qc, force, cells) if calls.todo else None
@@ -482,6 +485,7 @@ class _Runner:
     meta: Any
     predictor: Any  # engine.infer.Predictor
     ctx: _RunContext
+    guard: Any = None  # an fp32 Predictor that rescored slides near a decision (scoring.guard)
 
 
 def _load_runner(
@@ -494,8 +498,10 @@ def _load_runner(
     cells: bool,
 ) -> _Runner:
     """Load the run's model once for the call (checked against the run), ready to predict."""
+    from dataclasses import replace
+
     from her2scope.engine.checkpoint import load_run_model
-    from her2scope.engine.infer import Predictor
+    from her2scope.engine.infer import Predictor, guarded_bf16
     from her2scope.scoring.site import apply_site
 
     model, meta = load_run_model(run_dir, "best", device=dev)
@@ -514,6 +520,13 @@ def _load_runner(
         site=site,
         cells=(getattr(meta.config, "cells", None) or _default_cell_config()) if cells else None,
     )
+    if guarded_bf16(opts, dev.type):  # bf16, with fp32 for slides near a threshold
+        return _Runner(
+            meta,
+            Predictor(model, meta, dev, replace(opts, precision="bf16")),
+            ctx,
+            guard=Predictor(model, meta, dev, replace(opts, precision="fp32")),
+        )
     return _Runner(meta, Predictor(model, meta, dev, opts), ctx)
 
 
@@ -622,13 +635,15 @@ def _score_one(
         batch_size=batch_size,
         predictor=runner.predictor,
     )
-    t_predict = time.perf_counter() - t1
     call = _slide_call(apply_temperature(raw, ctx.calibration.temperature), meta, ctx)
+    inference = runner.predictor.record()
+    if runner.guard is not None:
+        call, inference["guard"] = _guarded_call(call, sq, norm, sid, runner, batch_size)
+        if inference["guard"]["rescored_in_fp32"]:
+            inference["precision"] = "fp32"  # the call and probabilities are fp32's
+    t_predict = time.perf_counter() - t1  # with the fp32 rescoring, when there was one
+    inference["tiles_per_second"] = round(len(sq.tiles) / t_predict, 2) if t_predict > 0 else None
     outputs = _write_maps(names, sid, sq, call, meta, roi_path)
-    inference = {
-        **runner.predictor.record(),
-        "tiles_per_second": round(len(sq.tiles) / t_predict, 2) if t_predict > 0 else None,
-    }
     doc = {
         **_call_doc(call, ctx),
         "status": "ok",
@@ -664,6 +679,41 @@ def _score_one(
         "qc_failed_checks": ";".join(failed),
         "inference": _inference_label(inference),
     }
+
+
+def _guarded_call(
+    call: _SlideCall, sq: SlideQC, norm: Any, sid: str, runner: _Runner, batch_size: int
+) -> tuple[_SlideCall, dict[str, Any]]:
+    """Keep a bf16 call only when no decision is within bf16's error of its threshold; else score
+    the slide again in fp32 (:mod:`her2scope.scoring.guard`). Returns the call and the record."""
+    from her2scope.engine.predict import predict_tiles
+    from her2scope.scoring.guard import call_is_robust, tolerance
+
+    meta, ctx = runner.meta, runner.ctx
+    cfg = meta.config
+    tol = tolerance(ctx.calibration.temperature)
+    robust, why = call_is_robust(
+        call.probs,
+        meta.classes,
+        cfg.evaluate.aggregate,
+        cfg.evaluate.percent_threshold,
+        ctx.calibration.policy,
+        tol,
+    )
+    record: dict[str, Any] = {"tolerance": round(tol, 6), "rescored_in_fp32": not robust}
+    if robust:
+        return call, record
+    raw = predict_tiles(
+        None,
+        meta,
+        sq.tiles,
+        {sid: norm} if norm is not None else None,
+        batch_size=batch_size,
+        predictor=runner.guard,
+    )
+    record["reason"] = why
+    log.info("slide %s: rescored in fp32 (%s)", sid, why)
+    return _slide_call(apply_temperature(raw, ctx.calibration.temperature), meta, ctx), record
 
 
 @dataclass
