@@ -455,9 +455,12 @@ def test_predict_with_stain_normalisation_uses_the_slides_own_fit(
     from her2scope.stain.slides import fit_slide_stains
     from her2scope.tiling import tile_slide
 
+    from her2scope.engine.infer import InferenceOptions
+
     run = train_tiny_run(tmp_path / "norm_run", toy_tiles, stain_mode="preserve_dab")
     out = tmp_path / "pred"
-    rep = score_slides([qc_slides["ihc"]], run, out)
+    # fp32, as predict_tiles below (the default's bf16 on CPUs with it is tested on its own)
+    rep = score_slides([qc_slides["ihc"]], run, out, inference=InferenceOptions(precision="fp32"))
     assert rep.ok, rep.failures
     doc = _doc(out, "ihc")
     assert doc["status"] == "ok", doc["qc_reasons"]
@@ -501,7 +504,7 @@ def test_onnx_export_and_predict_backend_onnx(
         assert "slides/hour" in r.output
         return _doc(out, "ihc")
 
-    ref = predict(tmp_path / "torch")
+    ref = predict(tmp_path / "torch", "--precision", "fp32")  # fp32 vs fp32
     onx = predict(tmp_path / "onnx", "--backend", "onnx")
     assert onx["inference"]["backend"] == "onnx" and onx["inference"]["precision"] == "fp32"
     assert onx["inference"]["onnx_path"].endswith("best.onnx")
