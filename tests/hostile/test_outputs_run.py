@@ -343,8 +343,15 @@ def test_nan_in_a_stain_sidecar_is_named_with_the_fix(tiny_tiles: Path, tmp_path
 
 def test_ctrl_c_exits_130_without_a_traceback_or_temp_files(tmp_path: Path) -> None:
     out = tmp_path / "cohort"
+    # Ctrl-C reaches a foreground command whose SIGINT is at its default; a test run started in
+    # the background (`make test &`, some CI runners) passes SIGINT down *ignored*, and Python
+    # then starts with it ignored. Start her2scope as a terminal would, whatever ran the tests.
+    as_in_a_terminal = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv = ['her2scope', *sys.argv[1:]]; runpy.run_module('her2scope', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "her2scope", "synth", "--out", str(out), "--patients", "40"],
+        [sys.executable, "-c", as_in_a_terminal, "synth", "--out", str(out), "--patients", "40"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

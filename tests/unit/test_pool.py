@@ -27,9 +27,10 @@ def test_exception_in_the_block_cancels_queued_tasks(tmp_path) -> None:
         # release the one running task from another thread while shutdown waits for it
         threading.Timer(0.5, lambda: open(gate, "w").close()).start()
         raise KeyboardInterrupt
-    # one task running and one handed to the worker's call queue (the executor's look-ahead) ran;
-    # the other ten never started (a plain `with ProcessPoolExecutor` would have run all twelve)
-    assert sum(f.cancelled() for f in futures) >= 10
+    # one task running and up to two in the worker's call queue (the executor's look-ahead:
+    # workers + 1 items) cannot be cancelled; the other nine never started (a plain
+    # `with ProcessPoolExecutor` would have run all twelve)
+    assert sum(f.cancelled() for f in futures) >= 9
     assert all(f.done() for f in futures)
 
 
