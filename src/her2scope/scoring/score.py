@@ -595,8 +595,6 @@ def _score_one(
     """Score one slide: QC gates, then predict, aggregate, draw and write; its summary row."""
     import time
 
-    from her2scope.engine.predict import predict_tiles
-
     t0 = time.perf_counter()
     meta, ctx, cfg = runner.meta, runner.ctx, runner.meta.config
     sq = slide_qc(path, sid, cfg, ctx.train_mpp, ctx.qc, roi_path, mpp, workers)
@@ -627,15 +625,7 @@ def _score_one(
             "qc_failed_checks": ";".join(failed),
         }
     t1 = time.perf_counter()
-    raw = predict_tiles(
-        None,
-        meta,
-        sq.tiles,
-        {sid: norm} if norm is not None else None,
-        batch_size=batch_size,
-        predictor=runner.predictor,
-    )
-    call = _slide_call(apply_temperature(raw, ctx.calibration.temperature), meta, ctx)
+    call = _predict_call(sq, norm, sid, runner, runner.predictor, batch_size)
     inference = runner.predictor.record()
     if runner.guard is not None:
         call, inference["guard"] = _guarded_call(call, sq, norm, sid, runner, batch_size)
@@ -686,7 +676,6 @@ def _guarded_call(
 ) -> tuple[_SlideCall, dict[str, Any]]:
     """Keep a bf16 call only when no decision is within bf16's error of its threshold; else score
     the slide again in fp32 (:mod:`her2scope.scoring.guard`). Returns the call and the record."""
-    from her2scope.engine.predict import predict_tiles
     from her2scope.scoring.guard import call_is_robust, tolerance
 
     meta, ctx = runner.meta, runner.ctx
@@ -703,17 +692,28 @@ def _guarded_call(
     record: dict[str, Any] = {"tolerance": round(tol, 6), "rescored_in_fp32": not robust}
     if robust:
         return call, record
+    record["reason"] = why
+    log.info("slide %s: rescored in fp32 (%s)", sid, why)
+    return _predict_call(sq, norm, sid, runner, runner.guard, batch_size), record
+
+
+def _predict_call(
+    sq: SlideQC, norm: Any, sid: str, runner: _Runner, predictor: Any, batch_size: int
+) -> _SlideCall:
+    """The slide's tiles through ``predictor``, tempered and aggregated into its call."""
+    from her2scope.engine.predict import predict_tiles
+
     raw = predict_tiles(
         None,
-        meta,
+        runner.meta,
         sq.tiles,
         {sid: norm} if norm is not None else None,
         batch_size=batch_size,
-        predictor=runner.guard,
+        predictor=predictor,
     )
-    record["reason"] = why
-    log.info("slide %s: rescored in fp32 (%s)", sid, why)
-    return _slide_call(apply_temperature(raw, ctx.calibration.temperature), meta, ctx), record
+    return _slide_call(
+        apply_temperature(raw, runner.ctx.calibration.temperature), runner.meta, runner.ctx
+    )
 
 
 @dataclass
