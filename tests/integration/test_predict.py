@@ -450,12 +450,11 @@ def test_predict_with_stain_normalisation_uses_the_slides_own_fit(
     """stain.mode=preserve_dab: the tiles reach the model normalised with the slide's own fit
     (the probabilities equal predict_tiles with that normaliser, and differ from raw tiles)."""
     from her2scope.engine.checkpoint import load_run_model
+    from her2scope.engine.infer import InferenceOptions
     from her2scope.engine.predict import predict_tiles
     from her2scope.scoring import score_slides
     from her2scope.stain.slides import fit_slide_stains
     from her2scope.tiling import tile_slide
-
-    from her2scope.engine.infer import InferenceOptions
 
     run = train_tiny_run(tmp_path / "norm_run", toy_tiles, stain_mode="preserve_dab")
     out = tmp_path / "pred"
