@@ -336,17 +336,18 @@ def fit_grade_mix_scale(
             "use labelled calibration slides, a run trained with train.dab_order_weight > 0, or "
             "--unsupervised-method dab"
         )
-    if not e[0] <= target <= e[-1]:
+    if not e[0] <= target <= e.max():
         raise ConfigError(
             f"grade-mix calibration: no DAB factor in {grid[0]:.2f}-{grid[-1]:.2f} gives this "
             f"centre the training slides' mean grade {target:.2f} (it ranges {e[0]:.2f}-"
-            f"{e[-1]:.2f}); the centre's grade mix is far from the training mix: use labelled "
+            f"{e.max():.2f}); the centre's grade mix is far from the training mix: use labelled "
             "calibration slides"
         )
-    j = int(np.searchsorted(e, target, side="left"))  # first grid point at or above the target
-    if j == 0 or e[j] == target or e[j] == e[j - 1]:
+    up = np.maximum.accumulate(e)  # dips within MONOTONE_TOL flattened: a sorted curve
+    j = int(np.searchsorted(up, target, side="left"))  # first grid point at or above the target
+    if j == 0 or up[j] == target or up[j] == up[j - 1]:
         return float(grid[j]), curve
-    t = (target - e[j - 1]) / (e[j] - e[j - 1])
+    t = (target - up[j - 1]) / (up[j] - up[j - 1])
     k = math.exp(math.log(grid[j - 1]) + t * (math.log(grid[j]) - math.log(grid[j - 1])))
     return float(k), curve
 
@@ -364,9 +365,6 @@ def training_mean_grade(run_dir: str | Path, classes: Sequence[str]) -> float:
             "its splits.csv; use labelled calibration slides instead"
         )
     return float(np.mean(known))
-
-
-# --- the calibrate command -----------------------------------------------------------------------
 
 
 # --- the calibrate command -----------------------------------------------------------------------
