@@ -58,13 +58,10 @@ def entropy_shift_bound(probs: Sequence[float] | np.ndarray, tol: float) -> floa
 
 
 def _vote_call(labels: np.ndarray, k: int, rule: str, percent_threshold: float) -> int:
-    from her2scope.evaluate.aggregate import argmax_high
+    """The slide call of the vote rule ``rule`` when tile ``i`` votes for ``labels[i]``."""
+    from her2scope.evaluate.aggregate import aggregate_probs
 
-    votes = np.bincount(labels, minlength=k).astype(np.float64) / len(labels)
-    if rule == "majority":
-        return int(argmax_high(votes))
-    reached = np.cumsum(votes[::-1])[::-1]
-    return int(np.nonzero(reached >= float(percent_threshold) / 100.0 - 1e-12)[0].max())
+    return aggregate_probs(np.eye(k)[labels], rule, percent_threshold)[1]  # type: ignore[arg-type]
 
 
 def call_is_robust(
@@ -78,7 +75,8 @@ def call_is_robust(
     """``(True, "")`` when no change of at most ``tol`` in any calibrated tile probability can
     change the slide's class or reflex flag; else ``(False, why)``. ``policy`` is the run's
     :class:`~her2scope.evaluate.calibration.ReflexPolicy`."""
-    from her2scope.evaluate.aggregate import aggregate_probs
+    from her2scope.evaluate.aggregate import aggregate_probs, argmax_high
+    from her2scope.evaluate.calibration import slide_uncertainty
     from her2scope.labels import get_scheme
 
     p = np.asarray(tile_probs, np.float64)
@@ -95,7 +93,7 @@ def call_is_robust(
         gap = p[np.arange(n), first] - p[np.arange(n), second]
         amb = gap <= 2 * tol
         if amb.any():
-            labels = np.argmax(p, axis=1)
+            labels = argmax_high(p, axis=1)  # as the vote rules count them
             up = labels.copy()
             down = labels.copy()
             up[amb] = np.maximum(first[amb], second[amb])
@@ -112,7 +110,7 @@ def call_is_robust(
         slide_tol = float(amb.sum()) / n  # each ambiguous tile moves 1/n of a vote
         if slide_tol == 0.0:
             return True, ""  # votes are exact: the flag depends on nothing bf16 can move
-    u = -float(np.sum(slide_p[slide_p > 0] * np.log(slide_p[slide_p > 0]))) / math.log(k)
+    u = slide_uncertainty(slide_p)
     bound = entropy_shift_bound(slide_p, slide_tol)
     if abs(u - float(policy.threshold)) <= bound:
         return False, f"uncertainty {u:.4f} within {bound:.4f} of the reflex threshold"
