@@ -85,8 +85,10 @@ def atomic_open(
 
 def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Write ``obj`` as JSON atomically. NaN/Inf are refused (they are not valid JSON)."""
+    # one string, one write: json.dump's chunked writes took ~4x as long (GeoJSON of many tiles)
+    text = json.dumps(obj, indent=indent, allow_nan=False, default=_json_default)
     with atomic_open(path) as fh:
-        json.dump(obj, fh, indent=indent, allow_nan=False, default=_json_default)
+        fh.write(text)
         fh.write("\n")
 
 

@@ -570,3 +570,42 @@ def test_default_on_a_bf16_cpu_keeps_fp32_calls_by_rescoring_near_decisions(
     plain = score_slides([slide], tiny_scoring_run, tmp_path / "plain").summary.iloc[0]
     assert plain["inference"] == "torch/fp32/channels_last"
     assert "guard" not in _doc(tmp_path / "plain", "ihc")["inference"]
+
+
+def test_tiles_kept_from_the_tiling_pass_give_the_same_outputs_as_reading_them_again(
+    tiny_scoring_run: Path,
+    qc_slides: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Decode once: with the tile cache the stain fit and the model read no tile from the slide
+    again, and the slide's JSON (probabilities, stain fit, QC) equals a run that reads every tile
+    again (``tile_cache_mb=0``), bit for bit."""
+    from her2scope.engine.infer import InferenceOptions
+    from her2scope.scoring import score_slides
+    from her2scope.slide.reader import Slide
+
+    reads: list[int] = []
+    real = Slide.read_tile
+
+    def counted(self: Slide, *a: object, **k: object) -> np.ndarray:
+        reads.append(1)
+        return real(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Slide, "read_tile", counted)
+    slide, fp32 = qc_slides["ihc"], InferenceOptions(precision="fp32")
+    docs = {}
+    n_reads = {}
+    for mb in (0, 64):
+        reads.clear()
+        rep = score_slides(
+            [slide], tiny_scoring_run, tmp_path / f"c{mb}", inference=fp32, tile_cache_mb=mb
+        )
+        assert rep.ok, rep.failures
+        n_reads[mb] = len(reads)
+        docs[mb] = _doc(tmp_path / f"c{mb}", "ihc")
+    n_tiles = docs[0]["n_tiles"]
+    assert n_tiles > 0 and n_reads[0] >= n_tiles  # the model's pass read every tile again
+    assert n_reads[64] == 0  # everything came from the tiling pass
+    for key in ("probabilities", "tile_percent", "uncertainty", "stain_fit", "qc", "score"):
+        assert docs[64][key] == docs[0][key], key

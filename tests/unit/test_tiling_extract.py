@@ -137,6 +137,32 @@ def test_target_mpp_reads_the_pyramid_level(slide_file: tuple[Path, np.ndarray])
         )
 
 
+@pytest.mark.parametrize("target_mpp", [None, 0.75])  # read as is; read 192 px, resized to 128
+def test_kept_pixels_are_what_read_tile_gives_within_the_budget(
+    slide_file: tuple[Path, np.ndarray], target_mpp: float | None
+) -> None:
+    """Decode once: the tiling pass hands over each kept tile's pixels exactly as a later
+    ``read_tile`` of its row would read them, up to the byte budget, and none with workers."""
+    from her2scope.tiling.extract import tile_slide_keeping_pixels
+
+    path, _ = slide_file
+    cfg = TilingConfig(tile_px=128, target_mpp=target_mpp)
+    ref, ref_sc = tile_slide(path, "s1", cfg)
+    df, sc, pixels = tile_slide_keeping_pixels(path, "s1", cfg, budget_bytes=1 << 30)
+    pd.testing.assert_frame_equal(df, ref)
+    assert sc == ref_sc
+    assert sorted(pixels) == list(range(len(df))) and len(df) >= 7
+    with open_slide(path) as s:
+        for i, row in df.iterrows():
+            want = s.read_tile((row.x, row.y), row.level, row.read_px, row.tile_px)
+            np.testing.assert_array_equal(pixels[i], want)
+    one = pixels[0].nbytes
+    _, _, some = tile_slide_keeping_pixels(path, "s1", cfg, budget_bytes=3 * one + one // 2)
+    assert sorted(some) == [0, 1, 2]  # the first three rows fit, the others are read again
+    _, _, none = tile_slide_keeping_pixels(path, "s1", cfg, budget_bytes=1 << 30, workers=2)
+    assert none == {}  # pixels do not cross process boundaries
+
+
 def test_an_roi_file_without_an_roi_fails_the_slide_with_its_reason(
     slide_file: tuple[Path, np.ndarray], tmp_path: Path
 ) -> None:

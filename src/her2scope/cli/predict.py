@@ -87,6 +87,15 @@ def predict(
         help="Tile-reading threads running ahead of the model (0: none). Default: chosen with "
         "--threads from the CPUs, never more than there are.",
     ),
+    tile_cache_mb: int = typer.Option(
+        None,
+        "--tile-cache-mb",
+        help="MiB of each slide's tile pixels kept from the tiling pass, so the stain fit and the "
+        "model do not decode those tiles again (the same pixels either way; tiles past it are "
+        "read again; 0: read every tile again; with --workers > 1 tiles are always read again). "
+        "Default: 1024.",
+        show_default=False,
+    ),
     rescore: bool = typer.Option(
         False,
         "--rescore",
@@ -109,13 +118,14 @@ def predict(
     from her2scope.cli._options import bound_workers, check_device, check_int, check_mpp
     from her2scope.engine.infer import BACKENDS, PRECISIONS, InferenceOptions
     from her2scope.errors import ConfigError
-    from her2scope.scoring.score import parse_shard, score_slides
+    from her2scope.scoring.score import TILE_CACHE_MB, parse_shard, score_slides
 
     shard_t = parse_shard(shard) if shard else None
     workers = bound_workers("--workers", workers, None) or 1
     check_int("--batch-size", batch_size, 1, 65536)
     check_int("--threads", threads, 1, 1024)
     check_int("--readers", readers, 0, 1024)
+    check_int("--tile-cache-mb", tile_cache_mb, 0, 1 << 20)
     if backend not in BACKENDS:
         raise ConfigError(f"--backend '{backend}': choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
@@ -152,6 +162,7 @@ def predict(
             cells=cells,
             inference=inference,
             rescore=rescore,
+            tile_cache_mb=TILE_CACHE_MB if tile_cache_mb is None else tile_cache_mb,
         )
     s = report.summary
     n_ok = int((s["status"] == "ok").sum())

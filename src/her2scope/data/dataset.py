@@ -30,8 +30,10 @@ class TileDataset(Dataset):
 
     ``labels`` (one int per row, -1 for unknown) defaults to -1 everywhere. ``normalizers`` maps a
     slide id to an object with ``transform(rgb_uint8) -> rgb``; slides without one are passed
-    through unchanged. A tile that cannot be read raises ``SlideError`` naming the slide and
-    position.
+    through unchanged. ``pixels`` maps a row to that tile's pixels already read (``tile_px`` square,
+    as ``Slide.read_tile`` gives them: the tiling pass's, so a tile is decoded once); rows without
+    are read from the slide. A tile that cannot be read raises ``SlideError`` naming the slide
+    and position.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class TileDataset(Dataset):
         normalizers: Mapping[str, Any] | None = None,
         labels: np.ndarray | None = None,
         max_open_slides: int = 64,
+        pixels: Mapping[int, np.ndarray] | None = None,
     ) -> None:
         missing = [c for c in TILE_COLUMNS if c not in tiles_df.columns]
         if missing:
@@ -64,6 +67,7 @@ class TileDataset(Dataset):
         if len(self.labels) != len(tiles_df):
             raise ValueError(f"{len(self.labels)} labels for {len(tiles_df)} tiles")
         self.normalizers = dict(normalizers or {})
+        self.pixels = pixels or {}
         self.max_open_slides = max_open_slides
         self._slides: dict[str, Any] = {}
         self._pid = os.getpid()
@@ -99,17 +103,18 @@ class TileDataset(Dataset):
 
     def read_rgb(self, i: int) -> np.ndarray:
         """The normalised, resized tile ``i`` as ``input_px × input_px × 3`` uint8 RGB."""
-        slide = self._slide(i)
-        x, y = int(self.xy[i, 0]), int(self.xy[i, 1])
-        try:
-            rgb = slide.read_tile(
-                (x, y), int(self.level[i]), int(self.read_px[i]), int(self.tile_px[i])
-            )
-        except SlideError as exc:
-            raise SlideError(
-                self.slide_path[i],
-                f"tile of slide '{self.slide_id[i]}' at ({x}, {y}): {exc.reason}",
-            ) from exc
+        rgb = self.pixels.get(i)
+        if rgb is None:
+            x, y = int(self.xy[i, 0]), int(self.xy[i, 1])
+            try:
+                rgb = self._slide(i).read_tile(
+                    (x, y), int(self.level[i]), int(self.read_px[i]), int(self.tile_px[i])
+                )
+            except SlideError as exc:
+                raise SlideError(
+                    self.slide_path[i],
+                    f"tile of slide '{self.slide_id[i]}' at ({x}, {y}): {exc.reason}",
+                ) from exc
         norm = self.normalizers.get(self.slide_id[i])
         if norm is not None:
             rgb = np.asarray(norm.transform(rgb))

@@ -64,7 +64,7 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
+        h.update(t.view(-1).view(dtype=torch.uint8).numpy())  # the buffer itself: no copy
     return h.hexdigest()
 
 
@@ -231,21 +231,53 @@ def load_run_model(
     ckpt = load_checkpoint(path)
     check_identity(ckpt, run_dir, path)
     meta = meta_from_checkpoint(ckpt, run_dir, str(path))
-    model = create_model(
-        meta.model_name,
-        len(meta.classes),
-        pretrained=False,
-        input_px=meta.input_px,
-        objective=meta.config.train.objective,
-    )
-    try:
-        model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as exc:
-        raise Her2ScopeError(
-            f"checkpoint '{path}' does not fit model '{meta.model_name}': {exc}"
-        ) from None
+    model = _model_holding(meta, ckpt["model_state"])
+    if model is None:  # the general way: build (randomly initialised), then copy the weights in
+        model = create_model(
+            meta.model_name,
+            len(meta.classes),
+            pretrained=False,
+            input_px=meta.input_px,
+            objective=meta.config.train.objective,
+        )
+        try:
+            model.load_state_dict(ckpt["model_state"])
+        except RuntimeError as exc:
+            raise Her2ScopeError(
+                f"checkpoint '{path}' does not fit model '{meta.model_name}': {exc}"
+            ) from None
     model.to(device).eval()
     return model, meta
+
+
+def _model_holding(meta: RunMeta, state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """The run's architecture holding ``state``, built without initialising random weights
+    first (on the ``meta`` device, then empty memory the state is copied into: about 0.4 s less
+    per load for AlexNet's 61 M parameters). None when that cannot be done exactly — the state
+    does not fit, or a tensor of the model (a buffer computed at build time) is not in the
+    state — and the caller then builds the model the general way."""
+    import torch
+
+    from her2scope.models import create_model
+
+    try:
+        with torch.device("meta"):
+            model = create_model(
+                meta.model_name,
+                len(meta.classes),
+                pretrained=False,
+                input_px=meta.input_px,
+                objective=meta.config.train.objective,
+            )
+        # every tensor of the model must come from the state (none computed at build time)
+        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        if names != set(state):
+            return None
+        model.to_empty(device="cpu")  # fresh memory, not initialised: the state fills it
+        model.load_state_dict(state, strict=True)
+    except Exception:  # any failure: the general way decides and reports it
+        return None
+    return model
 
 
 def check_identity(ckpt: dict[str, Any], run_dir: str | Path, path: str | Path) -> None:

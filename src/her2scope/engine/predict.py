@@ -51,6 +51,7 @@ def predict_tiles(
     *,
     options: InferenceOptions | None = None,
     predictor: Predictor | None = None,
+    pixels: Mapping[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Softmax probabilities ``[N, K]`` (float32) for the rows of ``tiles_df``, in ``meta.classes`` order.
 
@@ -59,8 +60,9 @@ def predict_tiles(
     (default: fp32 in channels_last memory format on a CPU, the run's AMP setting on CUDA; see
     :mod:`her2scope.engine.infer`); pass a ``predictor`` built once to score many tables with one
     set-up (an ONNX session, say). ``workers`` is the number of tile-reading threads (0: read in
-    this thread; None: chosen with torch's threads from the CPUs). An empty table gives an empty
-    ``[0, K]`` array.
+    this thread; None: chosen with torch's threads from the CPUs). ``pixels`` (row of
+    ``tiles_df`` → the tile as ``Slide.read_tile`` gives it) are used instead of reading those
+    rows again. An empty table gives an empty ``[0, K]`` array.
     """
     from her2scope._progress import track
     from her2scope.data.dataset import TileDataset
@@ -74,7 +76,7 @@ def predict_tiles(
         if workers is not None:
             opts = dataclasses.replace(opts, readers=workers)
         predictor = Predictor(model, meta, resolve_device(device), opts)
-    ds = TileDataset(tiles_df.reset_index(drop=True), meta.input_px, normalizers)
+    ds = TileDataset(tiles_df.reset_index(drop=True), meta.input_px, normalizers, pixels=pixels)
     n_batches = -(-len(ds) // batch_size)
     out = np.zeros((len(ds), k), dtype=np.float32)
     start = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -502,15 +503,37 @@ class StainNormalizer:
 
 
 def apply_od_matrix(arr: np.ndarray, od_matrix: np.ndarray, io: float) -> np.ndarray:
-    """``io·exp(-M·OD)`` per pixel, rounded and clipped to uint8 (float32 maths)."""
+    """``io·exp(-M·OD)`` per pixel, rounded and clipped to uint8 (float32 maths).
+
+    The float32 intermediates live in buffers kept per thread (:func:`_float_buffers`): fresh
+    multi-megabyte arrays for every tile cost page faults that took as long as the maths.
+    """
     lut = od_lut(io).astype(np.float32)
-    od = lut[arr]  # (..., 3)
-    out_od = od @ od_matrix.T.astype(np.float32)
+    od, out_od = _float_buffers(arr.shape)
+    np.take(lut, arr, out=od)  # (..., 3) optical densities
+    np.matmul(od, od_matrix.T.astype(np.float32), out=out_od)
     np.negative(out_od, out=out_od)
     np.exp(out_od, out=out_od)
     out_od *= np.float32(io)
     np.clip(out_od, 0.0, 255.0, out=out_od)
     return np.rint(out_od, out=out_od).astype(np.uint8)
+
+
+_BUFFERS = threading.local()
+_MAX_BUFFER = 4 << 20  # float32 values per buffer kept (16 MiB: a 1024-px tile, 2-4 small ones)
+
+
+def _float_buffers(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Two float32 arrays of ``shape``, views of this thread's buffers (grown as needed up to
+    :data:`_MAX_BUFFER` values, never shared between threads; valid until this thread's next
+    call); fresh arrays above that size, so a large batch does not stay in memory."""
+    n = int(np.prod(shape))
+    if n > _MAX_BUFFER:
+        return np.empty(shape, np.float32), np.empty(shape, np.float32)
+    bufs = getattr(_BUFFERS, "bufs", None)
+    if bufs is None or bufs[0].size < n:
+        bufs = _BUFFERS.bufs = (np.empty(n, np.float32), np.empty(n, np.float32))
+    return bufs[0][:n].reshape(shape), bufs[1][:n].reshape(shape)
 
 
 def stain_channels(norm: StainNormalizer, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,10 @@ their pixels into one Macenko fit and stores ``StainNormalizer.to_dict()`` plus 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,30 +63,42 @@ def sample_fit_tiles(tiles: Any, n_tiles: int) -> Any:
 
 
 def read_fit_tiles(
-    rows: list[dict[str, Any]], reader: str = "auto", mpp: float | None = None
+    rows: list[dict[str, Any]],
+    reader: str = "auto",
+    mpp: float | None = None,
+    pixels: Sequence[np.ndarray | None] | None = None,
 ) -> tuple[list[np.ndarray], int, list[str]]:
     """Pixels of the sampled tiles at tile size (``tile_px``, as stored in the tile table).
 
     Returns ``(images, n_low_tissue, errors)``; an unreadable tile is skipped and its error kept.
     ``reader`` and ``mpp`` are passed to ``open_slide`` (``mpp`` for files without one).
+    ``pixels[i]``, when given and not None, is row ``i``'s tile already read (the tiling pass's);
+    the slide is opened only for the others.
     """
     from her2scope.slide.reader import open_slide
 
+    given = list(pixels) if pixels is not None else [None] * len(rows)
     tiles: list[np.ndarray] = []
     n_low = 0
     errors: list[str] = []
-    with open_slide(rows[0]["slide_path"], mpp=mpp, reader=reader) as slide:  # type: ignore[arg-type]
-        for r in rows:
-            try:
-                rgb = slide.read_tile(
-                    (int(r["x"]), int(r["y"])),
-                    int(r["level"]),
-                    int(r["read_px"]),
-                    int(r["tile_px"]),
-                )
-            except Her2ScopeError as exc:
-                errors.append(str(exc))
-                continue
+    with contextlib.ExitStack() as stack:
+        slide = None
+        for r, rgb in zip(rows, given, strict=True):
+            if rgb is None:
+                if slide is None:
+                    slide = stack.enter_context(
+                        open_slide(r["slide_path"], mpp=mpp, reader=reader)  # type: ignore[arg-type]
+                    )
+                try:
+                    rgb = slide.read_tile(
+                        (int(r["x"]), int(r["y"])),
+                        int(r["level"]),
+                        int(r["read_px"]),
+                        int(r["tile_px"]),
+                    )
+                except Her2ScopeError as exc:
+                    errors.append(str(exc))
+                    continue
             if tissue_fraction(rgb) < LOW_TISSUE_FRAC:
                 n_low += 1
             tiles.append(rgb)
@@ -109,18 +123,22 @@ def fit_slide_stains(
     fit_tiles: int,
     reader: str = "auto",
     mpp: float | None = None,
+    pixels: Mapping[int, np.ndarray] | None = None,
 ) -> SlideStainFit:
     """Fit one slide's stains on its own tiles: the one per-slide fit (``her2scope stain fit``,
     ``predict`` and ``calibrate`` all call it).
 
     ``tiles`` is the slide's tile table; :func:`sample_fit_tiles` picks ``fit_tiles`` of them and
-    :func:`read_fit_tiles` reads them at tile size. Raises :class:`Her2ScopeError` naming the slide
-    when none of the sampled tiles can be read.
+    :func:`read_fit_tiles` reads them at tile size (``pixels``: table row label → tile already
+    read, see :func:`read_fit_tiles`). Raises :class:`Her2ScopeError` naming the slide when none
+    of the sampled tiles can be read.
     """
-    rows = sample_fit_tiles(tiles, int(fit_tiles)).to_dict("records")
+    sampled = sample_fit_tiles(tiles, int(fit_tiles))
+    rows = sampled.to_dict("records")
     if not rows:
         raise Her2ScopeError(f"slide '{slide_id}': no tiles to fit its stains on")
-    images, n_low, errors = read_fit_tiles(rows, reader=reader, mpp=mpp)
+    given = [pixels.get(i) for i in sampled.index] if pixels else None
+    images, n_low, errors = read_fit_tiles(rows, reader=reader, mpp=mpp, pixels=given)
     if not images:
         raise Her2ScopeError(
             f"slide '{slide_id}': none of the {len(rows)} tiles sampled for the stain fit could "
@@ -274,18 +292,22 @@ def load_normalizers(tiles_dir: str | Path, cfg: StainConfig) -> dict[str, Stain
 
 
 def fit_slide_normalizer(
-    cfg: Any, tiles_df: Any, mpp: float | None = None
+    cfg: Any,
+    tiles_df: Any,
+    mpp: float | None = None,
+    pixels: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[Any, list[np.ndarray]]:
     """A stain normaliser fitted on this slide's own tiles (as training did), and those tiles.
 
     :func:`her2scope.stain.slides.fit_slide_stains` with the run config ``cfg``: the same tiles, at
     the same (tile) size, as ``her2scope stain fit`` picks for this slide. Fitted even when the run
     does not normalise (``stain.mode=none``, then in ``preserve_dab`` mode): the QC gates read the
-    fitted stain vectors.
+    fitted stain vectors. ``pixels``: tiles already read, by row label of ``tiles_df``.
     """
     mode = cfg.stain.mode if cfg.stain.mode != "none" else "preserve_dab"
     sid = str(tiles_df["slide_id"].iloc[0]) if len(tiles_df) else "?"
     fit = fit_slide_stains(
-        tiles_df, sid, mode, cfg.stain.reference, cfg.stain.fit_tiles, cfg.tiling.reader, mpp
-    )
+        tiles_df, sid, mode, cfg.stain.reference, cfg.stain.fit_tiles, cfg.tiling.reader, mpp,
+        pixels,
+    )  # fmt: skip
     return fit.normalizer, fit.images

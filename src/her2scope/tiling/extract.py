@@ -38,7 +38,7 @@ from her2scope.tiling.config import TilingConfig
 from her2scope.tiling.grid import TileGeometry, n_grid, plan_geometry
 from her2scope.tiling.manifest import SlideEntry, entries_from_paths, read_tiling_manifest
 from her2scope.tiling.qc import draw_qc
-from her2scope.tiling.scan import ScanResult, cpu_workers, make_pool, start_scan
+from her2scope.tiling.scan import PixelKeep, ScanResult, cpu_workers, make_pool, start_scan
 from her2scope.tiling.table import COPIED_COLUMNS, TILE_COLUMNS, empty_tile_table
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ __all__ = [
     "tile_cohort",
     "tile_entries",
     "tile_slide",
+    "tile_slide_keeping_pixels",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,43 @@ def tile_slide(
     ``cfg.roi_classes``, exclusions covering it, or every ROI outside the slide): such a slide
     fails, it is never "ok, 0 tiles". Needs no manifest (used to score single slides).
     """
+    df, sidecar, _ = tile_slide_keeping_pixels(
+        slide_path, slide_id, cfg, roi_path, mpp, qc_path, extra_columns,
+        workers=workers, export_dir=export_dir, executor=executor, show_progress=show_progress,
+    )  # fmt: skip
+    return df, sidecar
+
+
+def tile_slide_keeping_pixels(
+    slide_path: str | Path,
+    slide_id: str,
+    cfg: TilingConfig,
+    roi_path: str | Path | None = None,
+    mpp: float | None = None,
+    qc_path: str | Path | None = None,
+    extra_columns: dict[str, Any] | None = None,
+    *,
+    budget_bytes: int = 0,
+    workers: int = 1,
+    export_dir: str | Path | None = None,
+    executor: Executor | None = None,
+    show_progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[int, np.ndarray]]:
+    """:func:`tile_slide`, also returning the pixels the scan decoded for the kept tiles, so a
+    caller reading them next need not decode them again: ``{row of the table: tile_px × tile_px
+    × 3 uint8}``, exactly what ``Slide.read_tile`` with the table's row gives (the same reader),
+    up to ``budget_bytes`` (rows past it are absent: read them). Empty when the scan runs in
+    worker processes (``workers > 1`` or an ``executor``).
+    """
     slide_path = Path(slide_path).resolve()
     plan = _plan_slide(slide_path, mpp, cfg, roi_path)
     for w in plan.warnings:
         log.warning("slide '%s': %s", slide_id, w)
     c = plan.candidates
+    keep = PixelKeep(cfg.max_white, budget_bytes) if budget_bytes > 0 else None
     with start_scan(
         slide_path, mpp, cfg.reader, cfg.white_level, plan.geo, c.xs, c.ys, slide_id,
-        workers, executor, export_dir, show_progress,
+        workers, executor, export_dir, show_progress, keep,
     ) as pending:  # fmt: skip
         # pandas (~0.3 s to import) loads while the workers read, not before or after them
         import pandas  # noqa: F401
@@ -132,7 +162,9 @@ def tile_slide(
         step = plan.geo.level0_px
         draw_qc(qc_path, plan.thumb, plan.level0_size, plan.roi, df["x"].to_numpy(),
                 df["y"].to_numpy(), step)  # fmt: skip
-    return df, sidecar
+    row_of = {int(pos): row for row, pos in enumerate(np.flatnonzero(kept))}
+    pixels = {row_of[pos]: px for pos, px in scan.pixels.items() if pos in row_of}
+    return df, sidecar, pixels
 
 
 def _plan_slide(

@@ -4,6 +4,10 @@ The candidates are read in row-major chunks (each JPEG tile of the file decoded 
 optionally by worker processes that each open the slide themselves. Memory per process is a few
 tiles, whatever the size of the slide. A tile that cannot be read is flagged, not raised: the
 error must cross a process boundary, and one bad tile does not fail its slide.
+
+A scan in this process can also keep the pixels of the tiles it keeps (:class:`PixelKeep`, up to
+a byte budget), so that a caller that reads the same tiles next (``her2scope predict``: the stain
+fit and the model) does not decode them again.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,27 @@ class ScanResult:
     white: np.ndarray
     errors: np.ndarray
     first_error: str  # "(x, y): reason" of the first unreadable tile, or ""
+    # position index -> the tile's pixels at tile_px, as Slide.read_tile gives them (PixelKeep)
+    pixels: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class PixelKeep:
+    """Keep the pixels of tiles whose white fraction is at most ``max_white``, at ``tile_px`` as
+    :meth:`~her2scope.slide.reader.Slide.read_tile` gives them, until ``budget_bytes`` are held;
+    the tiles after that are read again by whoever needs them. In-process scans only (pixels do
+    not cross process boundaries)."""
+
+    def __init__(self, max_white: float, budget_bytes: int) -> None:
+        self.max_white = float(max_white)
+        self.left = int(budget_bytes)
+        self.pixels: dict[int, np.ndarray] = {}
+
+    def offer(self, index: int, white: float, tile: np.ndarray) -> None:
+        if white <= self.max_white and tile.nbytes <= self.left:
+            if not tile.flags.owndata:  # a view could pin a larger buffer (a reader's cache)
+                tile = tile.copy()
+            self.pixels[index] = tile
+            self.left -= tile.nbytes
 
 
 @dataclass(frozen=True)
@@ -50,6 +75,8 @@ class _Job:
     ys: np.ndarray
     export_dir: str | None
     slide_id: str
+    first: int = 0  # index of xs[0] among the scan's positions
+    keep: PixelKeep | None = None  # in-process scans only
 
 
 _OPEN: dict[tuple[str, float | None, str], Any] = {}
@@ -96,17 +123,27 @@ def _run_job(job: _Job) -> tuple[np.ndarray, np.ndarray, str]:
             first = first or f"({x}, {y}): {exc.reason}"
             continue
         white[i] = white_fraction(region, job.white_level)
+        if job.keep is not None and white[i] <= job.keep.max_white:
+            job.keep.offer(job.first + i, float(white[i]), _at_tile_px(job, region))
         if job.export_dir is not None:
             _export_tile(job, region, x, y)
     return white, err, first
 
 
+def _at_tile_px(job: _Job, region: np.ndarray) -> np.ndarray:
+    """``region`` resized to the tile size exactly as ``Slide.read_tile`` does."""
+    import cv2
+
+    if job.read_px == job.tile_px:
+        return region
+    interp = cv2.INTER_AREA if job.read_px > job.tile_px else cv2.INTER_LINEAR
+    return cv2.resize(region, (job.tile_px, job.tile_px), interpolation=interp)
+
+
 def _export_tile(job: _Job, region: np.ndarray, x: int, y: int) -> None:
     import cv2
 
-    if job.read_px != job.tile_px:
-        interp = cv2.INTER_AREA if job.read_px > job.tile_px else cv2.INTER_LINEAR
-        region = cv2.resize(region, (job.tile_px, job.tile_px), interpolation=interp)
+    region = _at_tile_px(job, region)
     path = Path(job.export_dir or ".") / f"{job.slide_id}_x{x}_y{y}.png"
     with atomic_path(path) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(region, cv2.COLOR_RGB2BGR)):
@@ -152,12 +189,15 @@ def start_scan(
     executor: Executor | None = None,
     export_dir: str | Path | None = None,
     show_progress: bool = True,
+    keep: PixelKeep | None = None,
 ) -> PendingScan:
     """:func:`scan_positions` in two steps: hand the reads to the workers now, collect them with
     :meth:`PendingScan.result`, so this process can do other work while they read.
 
     Use as a context manager: leaving it stops a pool made here. With no executor and
-    ``workers <= 1`` nothing is read until :meth:`~PendingScan.result`.
+    ``workers <= 1`` nothing is read until :meth:`~PendingScan.result`. ``keep`` collects kept
+    tiles' pixels (into ``ScanResult.pixels``) when the scan runs in this process; with workers
+    it is ignored.
     """
     n = len(xs)
     exp = str(export_dir) if export_dir is not None else None
@@ -166,9 +206,10 @@ def start_scan(
     # enough chunks to keep every worker busy, few enough to keep per-chunk costs small
     chunk = max(8, min(_CHUNK, math.ceil(n / (4 * max(1, workers)))))
     spans = list(pairwise([*range(0, n, chunk), n])) if n else []
+    in_process = executor is None and workers <= 1
     jobs = [
         _Job(str(slide_path), mpp, reader, geo.level, geo.read_px, geo.tile_px, white_level,
-             xs[a:b], ys[a:b], exp, slide_id)
+             xs[a:b], ys[a:b], exp, slide_id, a, keep if in_process else None)
         for a, b in spans
     ]  # fmt: skip
     own_pool = None
@@ -177,7 +218,8 @@ def start_scan(
     # Executor.map submits every job at once: the workers start reading here
     results = map(_run_job, jobs) if executor is None else executor.map(_run_job, jobs)
     return PendingScan(n, spans, results, f"tiling {slide_id}", show_progress,
-                       in_process=executor is None, own_pool=own_pool)  # fmt: skip
+                       in_process=executor is None, own_pool=own_pool,
+                       keep=keep if in_process else None)  # fmt: skip
 
 
 class PendingScan:
@@ -192,8 +234,10 @@ class PendingScan:
         show_progress: bool,
         in_process: bool,
         own_pool: Executor | None,
+        keep: PixelKeep | None = None,
     ) -> None:
         self._n, self._spans, self._results = n, spans, results
+        self._keep = keep
         self._desc, self._show_progress = desc, show_progress
         self._in_process, self._own_pool = in_process, own_pool
         self._done: ScanResult | None = None
@@ -217,7 +261,9 @@ class PendingScan:
                 first = first or f
         finally:
             self.close()
-        self._done = ScanResult(white, err, first)
+        self._done = ScanResult(
+            white, err, first, self._keep.pixels if self._keep is not None else {}
+        )
         return self._done
 
     def close(self) -> None:
