@@ -64,7 +64,7 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
         h.update(key.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(str(t.dtype).encode())
-        h.update(memoryview(t.view(-1).view(dtype=torch.uint8).numpy()))  # no copy
+        h.update(t.view(-1).view(dtype=torch.uint8).numpy().data)  # the bytes, not a copy
     return h.hexdigest()
 
 
