@@ -251,12 +251,9 @@ def colour_counts(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cost: a fit pools millions of pixels, IHC tiles hold tens of thousands of distinct colours.
     """
     code = (px[:, 0].astype(np.int32) << 16) | (px[:, 1].astype(np.int32) << 8) | px[:, 2]
-    if len(code) < 1 << 20:  # small inputs: a sort beats filling a 2^24-bin (128 MB) histogram
-        present, counts = np.unique(code, return_counts=True)
-    else:  # millions of pixels: one pass into the histogram beats the sort
-        counts = np.bincount(code, minlength=1 << 24)
-        present = np.flatnonzero(counts)
-        counts = counts[present]
+    # a sort, at every size: a 2^24-bin histogram (128 MiB to fill and scan) took 1.7-7x as long
+    # as numpy's sort-based unique for 2-17 M pixels (benchmarks/bench_stain.py --colour-counts)
+    present, counts = np.unique(code, return_counts=True)
     colours = np.stack([present >> 16, (present >> 8) & 255, present & 255], axis=1)
     return colours.astype(np.uint8), counts.astype(np.int64)
 
