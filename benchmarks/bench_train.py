@@ -14,7 +14,7 @@ Measures, in one run on this machine:
 the machine hits them alike; the median of the per-pair ratios is printed (target ≥ 0.95: the
 data pipeline and the loader/thread plan of :mod:`her2scope.engine.cpu_plan` cost at most 5 %),
 with the plan used and the load average. Random weights, synthetic pixels: a speed measurement, not a model. CPU only;
-see docs/training.md for GPU numbers.
+the GPU's training step (AMP + channels_last vs fp32 at 512 px) is measured by bench_gpu.py.
 
     .venv/bin/python benchmarks/bench_train.py [--tiles-per-side 4] [--workers 2] [--batch 16]
         [--repeat 3]
@@ -154,6 +154,9 @@ def main() -> None:
               f"{plan.torch_threads} torch thread(s) on {plan.cores} core(s); "
               f"stain normalisation: {stain}")  # fmt: skip
         data_ips = loader_only(tiles, cfg, plan.loader_workers)
+        # warm-up: the first resnet34 steps of a process pay oneDNN's kernel set-up; without this
+        # the first pair's her2scope run (always first) paid it and the bare loop did not
+        bare_loop(2 * args.batch, args.batch, 224, 1e-4)
         bare_runs, ours_runs, old_runs = [], [], []
         for i in range(max(1, args.repeat)):
             run = train_model(cfg, "resnet34", tiles, Path(tmp) / f"run{i}")
