@@ -249,3 +249,42 @@ def test_adding_a_model_is_one_decorated_builder(monkeypatch: pytest.MonkeyPatch
         register_model(heads=("head",), cam_layer="body.1")(toy_net)
     with pytest.raises(ConfigError, match="needs input_px >= 8, got 7"):
         create_model("toy_net", 3, input_px=7)
+
+
+@pytest.mark.parametrize("name,objective", [("alexnet", "softmax"), ("resnet34", "ordinal")])
+def test_loading_weights_without_random_init_gives_the_same_model(
+    name: str, objective: str
+) -> None:
+    """engine.checkpoint._model_holding (meta device, then the state copied into empty memory)
+    equals building randomly and loading the state: every tensor, BatchNorm buffers included,
+    and the outputs; a state that does not cover every tensor is left to the general way."""
+    from types import SimpleNamespace
+
+    from her2scope.engine.checkpoint import _model_holding
+
+    torch.manual_seed(0)
+    ref = create_model(name, 3, input_px=64, objective=objective).eval()
+    with torch.no_grad():  # non-default buffers, so a stale running mean/var would show
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    meta = SimpleNamespace(
+        model_name=name,
+        classes=("1+", "2+", "3+"),
+        input_px=64,
+        config=SimpleNamespace(train=SimpleNamespace(objective=objective)),
+    )
+    got = _model_holding(meta, state)  # type: ignore[arg-type]
+    assert got is not None
+    got.eval()
+    for (k, a), (k2, b) in zip(ref.state_dict().items(), got.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k
+    assert all(p.requires_grad and p.device.type == "cpu" for p in got.parameters())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(got(x), ref(x), rtol=0, atol=0)
+    partial = dict(state)
+    partial.pop(next(iter(partial)))
+    assert _model_holding(meta, partial) is None  # missing a tensor: not built this way

@@ -222,10 +222,8 @@ def load_run_model(
     """Rebuild a run's model from ``run_dir/checkpoints/<which>.pt`` in eval mode.
 
     ``which`` is ``best`` or ``last`` (or a path to a ``.pt`` file). No pretrained download
-    happens: the architecture is built randomly and the checkpoint's weights loaded into it.
+    happens: the architecture is built and the checkpoint's weights loaded into it.
     """
-    from her2scope.models import create_model
-
     run_dir = Path(run_dir)
     path = Path(which) if which.endswith(".pt") else RunLayout(run_dir).checkpoint(which)
     ckpt = load_checkpoint(path)
@@ -233,13 +231,7 @@ def load_run_model(
     meta = meta_from_checkpoint(ckpt, run_dir, str(path))
     model = _model_holding(meta, ckpt["model_state"])
     if model is None:  # the general way: build (randomly initialised), then copy the weights in
-        model = create_model(
-            meta.model_name,
-            len(meta.classes),
-            pretrained=False,
-            input_px=meta.input_px,
-            objective=meta.config.train.objective,
-        )
+        model = _architecture(meta)
         try:
             model.load_state_dict(ckpt["model_state"])
         except RuntimeError as exc:
@@ -258,17 +250,9 @@ def _model_holding(meta: RunMeta, state: dict[str, torch.Tensor]) -> nn.Module |
     state — and the caller then builds the model the general way."""
     import torch
 
-    from her2scope.models import create_model
-
     try:
         with torch.device("meta"):
-            model = create_model(
-                meta.model_name,
-                len(meta.classes),
-                pretrained=False,
-                input_px=meta.input_px,
-                objective=meta.config.train.objective,
-            )
+            model = _architecture(meta)
         # every tensor of the model must come from the state (none computed at build time)
         names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
         if names != set(state):
@@ -278,6 +262,19 @@ def _model_holding(meta: RunMeta, state: dict[str, torch.Tensor]) -> nn.Module |
     except Exception:  # any failure: the general way decides and reports it
         return None
     return model
+
+
+def _architecture(meta: RunMeta) -> nn.Module:
+    """The run's model, untrained (no pretrained weights), on torch's current default device."""
+    from her2scope.models import create_model
+
+    return create_model(
+        meta.model_name,
+        len(meta.classes),
+        pretrained=False,
+        input_px=meta.input_px,
+        objective=meta.config.train.objective,
+    )
 
 
 def check_identity(ckpt: dict[str, Any], run_dir: str | Path, path: str | Path) -> None:
