@@ -507,7 +507,7 @@ def apply_od_matrix(arr: np.ndarray, od_matrix: np.ndarray, io: float) -> np.nda
     """
     lut = od_lut(io).astype(np.float32)
     od, out_od = _float_buffers(arr.shape)
-    np.take(lut, arr, out=od)  # (..., 3) optical densities
+    np.take(lut, arr, out=od, mode="clip")  # (..., 3) ODs; uint8 indices: clip is exact, unbuffered
     np.matmul(od, od_matrix.T.astype(np.float32), out=out_od)
     np.negative(out_od, out=out_od)
     np.exp(out_od, out=out_od)
@@ -517,7 +517,7 @@ def apply_od_matrix(arr: np.ndarray, od_matrix: np.ndarray, io: float) -> np.nda
 
 
 _BUFFERS = threading.local()
-_MAX_BUFFER = 4 << 20  # float32 values per buffer kept (16 MiB: a 1024-px tile, 2-4 small ones)
+_MAX_BUFFER = 4 << 20  # float32 values per kept buffer (16 MiB: a tile up to ~1,180 px square)
 
 
 def _float_buffers(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
